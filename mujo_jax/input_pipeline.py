@@ -1,0 +1,285 @@
+"""The Grain input pipeline: FiMAD shards -> batches of numpy arrays -> global jax.Arrays.
+
+Indexed shards (the normal case):
+  random-access source over all shards of a split
+  -> this process's disjoint slice (jax.process_index() of jax.process_count())
+  -> seeded global shuffle, reshuffled every epoch -> repeat
+  -> batch of raw records, parsed in one vectorised step (records.decode_batch)
+  -> per-example augmentation, vectorised over the batch (IMU location, modality dropout)
+  -> multi-worker prefetch.
+Everything before the prefetch is a Grain MapDataset, so the iterator state is an
+element index: it checkpoints with Orbax (grain.checkpoint) and resumes exactly.
+
+Shards without an index are read sequentially with a window shuffle.
+
+The trainer turns each host-local batch into a global jax.Array sharded over the
+mesh's data axis with `to_global_batch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+
+from mujo_jax import records
+from mujo_jax import tfrecord
+
+SIGNAL_KEYS = ("imu", "pose", "video")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Per-example augmentation, applied to whole batches with numpy.
+
+  imu_locations: "all" keeps [B, S, T, 6]; "random" picks one real location per
+    example; a tuple of names picks one of those at random (only among the ones
+    an example really has) -> `imu` [B, T, 6] and `imu_location` [B].
+  modality_dropout: probability of hiding each present modality of an example
+    (mask set to 0, data zeroed); at least two modalities always stay, so every
+    example keeps a contrastive pair.
+  """
+  imu_locations: str | tuple[str, ...] = "random"
+  modality_dropout: float = 0.0
+
+
+class IndexedShardSource(grain.sources.RandomAccessDataSource):
+  """All records of a list of indexed shards as one random-access sequence.
+
+  Elements are (global index, payload); payload is None for a corrupt record
+  when skip_corrupt is set (the record is logged and counted, then dropped).
+  Readers open lazily so the source pickles into Grain's worker processes.
+  """
+
+  def __init__(self, paths: Sequence[str], *, verify_crc: bool = True,
+               skip_corrupt: bool = False):
+    if not paths:
+      raise ValueError("no shards given")
+    self.paths = list(paths)
+    self.verify_crc = verify_crc
+    self.skip_corrupt = skip_corrupt
+    counts = [len(tfrecord.load_index(p)) for p in self.paths]
+    self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    self._readers: dict[int, tfrecord.ShardReader] = {}
+    self.num_skipped = 0
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_readers"] = {}
+    return state
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def __repr__(self) -> str:
+    return f"IndexedShardSource({len(self.paths)} shards, {len(self)} records)"
+
+  def _locate(self, index: int) -> tuple[tfrecord.ShardReader, int]:
+    if not 0 <= index < len(self):
+      raise IndexError(f"record {index} out of range [0, {len(self)})")
+    shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+    reader = self._readers.get(shard)
+    if reader is None:
+      reader = self._readers[shard] = tfrecord.ShardReader(self.paths[shard],
+                                                           verify=self.verify_crc)
+    return reader, index - int(self._starts[shard])
+
+  def describe(self, index: int) -> str:
+    reader, i = self._locate(index)
+    return reader.describe(i)
+
+  def __getitem__(self, index: int) -> tuple[int, bytes | None]:
+    reader, i = self._locate(int(index))
+    try:
+      return index, reader.read(i)
+    except tfrecord.CorruptRecordError as e:
+      if not self.skip_corrupt:
+        raise
+      self.num_skipped += 1
+      logging.warning("skipping corrupt record (%d skipped so far in this process): %s",
+                      self.num_skipped, e)
+      return index, None
+
+  def _getitems(self, indices: Sequence[int]) -> list[tuple[int, bytes | None]]:
+    return [self[i] for i in indices]
+
+
+class SequentialShardDataset(grain.IterDataset):
+  """One unindexed shard read front to back, CRCs checked.
+
+  Grain's own TFRecordIterDataset does not check CRCs and does not name the file
+  in its errors, hence this small reader. State is the byte offset, so it
+  checkpoints too.
+  """
+
+  def __init__(self, path: str):
+    super().__init__()
+    self.path = path
+
+  def __iter__(self):
+    return _SequentialShardIterator(self.path)
+
+
+class _SequentialShardIterator(grain.DatasetIterator):
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+    self._offset = 0
+    self._records = None
+
+  def __next__(self) -> tuple[str, bytes]:
+    if self._records is None:
+      self._records = tfrecord.iter_records(self._path, start=self._offset)
+    offset, payload = next(self._records)
+    record_start, self._offset = self._offset, offset + len(payload) + 4
+    return f"{self._path}: record at byte offset {record_start}", payload
+
+  def get_state(self):
+    return {"offset": self._offset}
+
+  def set_state(self, state):
+    self._offset = state["offset"]
+    self._records = None
+
+
+def _parse(info: records.DatasetInfo, where_fn):
+  def parse(elements):
+    elements = [e for e in elements if e[1] is not None]
+    return records.decode_batch(info, [p for _, p in elements],
+                                where=lambda i: where_fn(elements[i][0]))
+  return parse
+
+
+def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
+            config: AugmentConfig, info: records.DatasetInfo) -> dict[str, np.ndarray]:
+  """Applies AugmentConfig to one parsed batch (see its docstring)."""
+  batch = dict(batch)
+  n = len(batch["label"])
+  if config.imu_locations != "all":
+    allowed = np.asarray(batch["imu_location_mask"], bool)
+    if config.imu_locations != "random":
+      names = ((config.imu_locations,) if isinstance(config.imu_locations, str)
+               else tuple(config.imu_locations))
+      unknown = sorted(set(names) - set(info.imu_locations))
+      if unknown:
+        raise ValueError(f"unknown IMU locations {unknown}; the dataset has {info.imu_locations}")
+      allowed &= np.isin(np.asarray(info.imu_locations), names)[None, :]
+    has_any = allowed.any(axis=1)
+    # Uniform choice among allowed locations: argmax of masked random keys.
+    keys = np.where(allowed, rng.random(allowed.shape), -1.0)
+    location = keys.argmax(axis=1).astype(np.int32)
+    batch["imu"] = batch["imu"][np.arange(n), location]
+    batch["imu_location"] = location
+    mask = batch["modality_mask"].copy()
+    mask[:, 0] &= has_any
+    batch["modality_mask"] = mask
+  if config.modality_dropout > 0:
+    mask = batch["modality_mask"].astype(bool)
+    drop = rng.random(mask.shape) < config.modality_dropout
+    kept = mask & ~drop
+    # Where fewer than two would remain, keep the two present ones with the
+    # lowest random keys (i.e. undo the dropout just enough).
+    keys = np.where(mask, rng.random(mask.shape), np.inf)
+    rank = keys.argsort(axis=1).argsort(axis=1)
+    rescue = (kept.sum(axis=1) < 2)[:, None] & mask & (rank < 2)
+    new_mask = kept | rescue
+    for j, key in enumerate(("imu", "pose", "video", "text_ids")):
+      hidden = mask[:, j] & ~new_mask[:, j]
+      if hidden.any():
+        batch[key] = np.where(hidden.reshape((n,) + (1,) * (batch[key].ndim - 1)),
+                              np.zeros((), batch[key].dtype), batch[key])
+    batch["text_len"] = np.where(new_mask[:, 3], batch["text_len"], 0).astype(np.int32)
+    batch["modality_mask"] = new_mask.astype(np.int32)
+  return batch
+
+
+def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
+                 shuffle: bool = True, num_epochs: int | None = None,
+                 drop_remainder: bool = True,
+                 augment_config: AugmentConfig = AugmentConfig(),
+                 process_index: int | None = None, process_count: int | None = None,
+                 skip_corrupt: bool = False, shuffle_window: int = 4096) -> grain.IterDataset:
+  """Builds this process's pipeline for one split; `batch_size` is per process.
+
+  Each process reads a disjoint slice of the split (hosts of a pod never see
+  the same example in an epoch). Returns an IterDataset; call
+  `make_iterator` to add multi-worker prefetch.
+  """
+  info = records.DatasetInfo.load(data_dir)
+  paths = info.shard_paths(data_dir, split)
+  if process_index is None:
+    process_index, process_count = jax.process_index(), jax.process_count()
+  parse = lambda src: _parse(info, src)
+  augment_fn = lambda b, rng: augment(b, rng, augment_config, info)
+  indexed = all(os.path.exists(tfrecord.index_path(p)) for p in paths)
+  if indexed:
+    source = IndexedShardSource(paths, skip_corrupt=skip_corrupt)
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if shuffle:
+      ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    if not skip_corrupt:
+      ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=parse(source.describe))
+      return ds.random_map(augment_fn, seed=seed).to_iter_dataset()
+    # Dropped records make batches short; rebatch restores the exact size.
+    ds = ds.batch(batch_size, drop_remainder=False, batch_fn=parse(source.describe))
+    ds = ds.to_iter_dataset()
+  else:
+    missing = [p for p in paths if not os.path.exists(tfrecord.index_path(p))]
+    logging.warning("%d shard(s) of %s have no index (e.g. %s): reading sequentially with a "
+                    "window shuffle; build indexes with `python -m mujo_jax.tfrecord SHARD...` "
+                    "for global shuffling", len(missing), split, missing[0])
+    mine = paths[process_index::process_count]
+    if not mine:
+      raise ValueError(f"split {split!r} has {len(paths)} unindexed shards, fewer than "
+                       f"{process_count} processes; index them or write more shards")
+    shards = [SequentialShardDataset(p) for p in mine]
+    ds = grain.experimental.InterleaveIterDataset(shards, cycle_length=len(shards))
+    if shuffle:
+      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
+    if num_epochs != 1:
+      ds = grain.experimental.RepeatIterDataset(ds, num_epochs=num_epochs)
+    ds = ds.batch(batch_size, drop_remainder=False, batch_fn=parse(str))
+  ds = grain.experimental.RebatchIterDataset(ds, batch_size=batch_size,
+                                             drop_remainder=drop_remainder)
+  return ds.random_map(augment_fn, seed=seed)
+
+
+def make_iterator(ds: grain.IterDataset, num_workers: int = 0,
+                  per_worker_buffer_size: int = 2) -> grain.DatasetIterator:
+  """Starts the pipeline, with `num_workers` prefetch processes if > 0.
+
+  The returned iterator has get_state/set_state and saves with Orbax via
+  `grain.checkpoint.CheckpointSave(iterator)`.
+  """
+  if num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()  # Grain's workers read absl flags; use their defaults.
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=per_worker_buffer_size))
+  return iter(ds)
+
+
+def to_global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
+                    data_axis: str | tuple[str, ...] = "data") -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global jax.Arrays sharded along the batch axis.
+
+  Each process passes only its own rows; the global batch is their
+  concatenation in process order. Non-numeric fields (clip_id) stay on host.
+  """
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+  return {k: (jax.make_array_from_process_local_data(sharding, v)
+              if v.dtype != object else v) for k, v in batch.items()}
+
+
+def iterate_global(iterator: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
+                   data_axis: str | tuple[str, ...] = "data") -> Iterator[dict[str, jax.Array]]:
+  for batch in iterator:
+    yield to_global_batch(batch, mesh, data_axis)

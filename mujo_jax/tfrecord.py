@@ -1,0 +1,186 @@
+"""TFRecord files with an offset index, readable without TensorFlow.
+
+Framing (what TensorFlow writes and reads) per record:
+  uint64 length | uint32 masked_crc32c(length) | payload | uint32 masked_crc32c(payload)
+all little-endian. CRC32C comes from `google-crc32c` (C-accelerated).
+
+Beside each shard `X.tfrecord` we write `X.tfrecord.index.npy`: int64 [N, 2] of
+(payload byte offset, payload length). With it a shard is random-access, which is
+what global shuffling, deterministic order and exact resumption in Grain need.
+`build_index` recreates an index for a shard written by other tools.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+
+import google_crc32c
+import numpy as np
+
+_HEADER = struct.Struct("<QI")  # length, masked crc of length
+_FOOTER = struct.Struct("<I")
+_MASK_DELTA = 0xA282EAD8
+INDEX_SUFFIX = ".index.npy"
+
+
+class CorruptRecordError(IOError):
+  """A record whose framing or checksum is wrong; the message names file and offset."""
+
+
+def crc32c(data: bytes) -> int:
+  return google_crc32c.value(bytes(data))
+
+
+def masked_crc32c(data: bytes) -> int:
+  """TFRecord's masked CRC: rotate right by 15 bits and add a constant."""
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame(payload: bytes) -> bytes:
+  """One record as TensorFlow frames it."""
+  length = struct.pack("<Q", len(payload))
+  return (length + struct.pack("<I", masked_crc32c(length)) + payload
+          + _FOOTER.pack(masked_crc32c(payload)))
+
+
+def index_path(shard_path: str) -> str:
+  return shard_path + INDEX_SUFFIX
+
+
+def write_shard(path: str, payloads: Iterable[bytes]) -> int:
+  """Writes a shard and its index atomically; returns the number of records.
+
+  Both files are written under temporary names and renamed into place only
+  when complete (index last), so a crash never leaves a shard that looks whole.
+  """
+  offsets = []
+  tmp_shard, tmp_index = path + ".tmp", index_path(path) + ".tmp"
+  with open(tmp_shard, "wb") as f:
+    pos = 0
+    for payload in payloads:
+      record = frame(payload)
+      f.write(record)
+      offsets.append((pos + _HEADER.size, len(payload)))
+      pos += len(record)
+    f.flush()
+    os.fsync(f.fileno())
+  index = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+  with open(tmp_index, "wb") as f:
+    np.save(f, index)
+  os.replace(tmp_shard, path)
+  os.replace(tmp_index, index_path(path))
+  return len(offsets)
+
+
+def iter_records(path: str, *, verify: bool = True,
+                 start: int = 0) -> Iterator[tuple[int, bytes]]:
+  """Sequentially yields (payload offset, payload) of the records from byte `start` on."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    f.seek(start)
+    pos = start
+    while pos < size:
+      header = f.read(_HEADER.size)
+      if len(header) < _HEADER.size:
+        raise CorruptRecordError(
+            f"{path}: truncated record header at byte offset {pos} "
+            f"(file is {size} bytes)")
+      length, length_crc = _HEADER.unpack(header)
+      if verify and masked_crc32c(header[:8]) != length_crc:
+        raise CorruptRecordError(
+            f"{path}: record at byte offset {pos}: bad length checksum")
+      payload = f.read(length)
+      footer = f.read(_FOOTER.size)
+      if len(payload) < length or len(footer) < _FOOTER.size:
+        raise CorruptRecordError(
+            f"{path}: truncated record at byte offset {pos}: header says "
+            f"{length} payload bytes, file ends at {size}")
+      if verify and masked_crc32c(payload) != _FOOTER.unpack(footer)[0]:
+        raise CorruptRecordError(
+            f"{path}: record at byte offset {pos}: bad payload checksum")
+      yield pos + _HEADER.size, payload
+      pos += _HEADER.size + length + _FOOTER.size
+
+
+def build_index(path: str) -> int:
+  """Scans a shard (checking every CRC) and writes its index; returns the count."""
+  offsets = [(off, len(p)) for off, p in iter_records(path)]
+  index = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+  tmp = index_path(path) + ".tmp"
+  with open(tmp, "wb") as f:
+    np.save(f, index)
+  os.replace(tmp, index_path(path))
+  return len(offsets)
+
+
+def load_index(path: str) -> np.ndarray:
+  """The [N, 2] (offset, length) index of a shard, checked against its size."""
+  ipath = index_path(path)
+  if not os.path.exists(ipath):
+    raise FileNotFoundError(
+        f"{path} has no index {ipath}; build one with "
+        f"`python -m mujo_jax.tfrecord {path}` or read it sequentially")
+  index = np.load(ipath, allow_pickle=False)
+  if index.ndim != 2 or index.shape[1] != 2:
+    raise CorruptRecordError(f"{ipath}: expected an [N, 2] offset index, got {index.shape}")
+  size = os.path.getsize(path)
+  if len(index) and index[-1, 0] + index[-1, 1] + _FOOTER.size > size:
+    raise CorruptRecordError(
+        f"{path}: truncated shard: its index says record {len(index) - 1} ends at "
+        f"byte {index[-1, 0] + index[-1, 1] + _FOOTER.size}, the file has {size} bytes")
+  return index
+
+
+class ShardReader:
+  """Random access to the records of one indexed shard, CRCs checked on read."""
+
+  def __init__(self, path: str, *, verify: bool = True):
+    self.path = path
+    self.index = load_index(path)
+    self.verify = verify
+    self._fd = os.open(path, os.O_RDONLY)
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def close(self):
+    os.close(self._fd)
+
+  def describe(self, i: int) -> str:
+    return f"{self.path}: record {i} at byte offset {int(self.index[i, 0]) - _HEADER.size}"
+
+  def read(self, i: int) -> bytes:
+    """Payload of record i; raises CorruptRecordError naming shard and offset."""
+    offset, length = (int(v) for v in self.index[i])
+    start = offset - _HEADER.size
+    blob = os.pread(self._fd, length + _HEADER.size + _FOOTER.size, start)
+    if len(blob) != length + _HEADER.size + _FOOTER.size:
+      raise CorruptRecordError(f"{self.describe(i)}: truncated shard")
+    stored_length, length_crc = _HEADER.unpack_from(blob)
+    payload = blob[_HEADER.size:_HEADER.size + length]
+    if stored_length != length:
+      raise CorruptRecordError(
+          f"{self.describe(i)}: length {stored_length} disagrees with the index ({length})")
+    if self.verify:
+      if masked_crc32c(blob[:8]) != length_crc:
+        raise CorruptRecordError(f"{self.describe(i)}: bad length checksum")
+      if masked_crc32c(payload) != _FOOTER.unpack_from(blob, _HEADER.size + length)[0]:
+        raise CorruptRecordError(f"{self.describe(i)}: bad payload checksum")
+    return payload
+
+  def read_many(self, ids: Sequence[int]) -> list[bytes]:
+    return [self.read(i) for i in ids]
+
+
+def main(argv: Sequence[str]) -> None:
+  """`python -m mujo_jax.tfrecord SHARD...` builds indexes for existing shards."""
+  for path in argv[1:]:
+    print(f"{path}: indexed {build_index(path)} records")
+
+
+if __name__ == "__main__":
+  import sys
+  main(sys.argv)

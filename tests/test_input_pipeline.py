@@ -1,0 +1,158 @@
+import os
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import example_ids, write_tiny_dataset
+from mujo_jax import input_pipeline as ip
+from mujo_jax import records
+from mujo_jax import tfrecord
+
+ALL = ip.AugmentConfig(imu_locations="all")
+TRAIN_IDS = {c * 100 + w for c in range(12) for w in range(5)}
+
+
+def _ids(data_dir, n_batches, batch_size=6, num_workers=0, **kw):
+  kw.setdefault("augment_config", ALL)
+  kw.setdefault("process_index", 0)
+  kw.setdefault("process_count", 1)
+  ds = ip.make_dataset(data_dir, "train", batch_size=batch_size, **kw)
+  it = ip.make_iterator(ds, num_workers=num_workers)
+  return np.stack([example_ids(next(it)) for _ in range(n_batches)])
+
+
+def test_epochs_cover_split_and_reshuffle(tiny_dataset):
+  ids = _ids(tiny_dataset, 20, seed=3)
+  first, second = ids[:10].ravel(), ids[10:].ravel()
+  assert set(first) == TRAIN_IDS and set(second) == TRAIN_IDS
+  assert len(first) == len(set(first))
+  assert (first != second).any()
+
+
+def test_shuffle_is_deterministic_per_seed(tiny_dataset):
+  np.testing.assert_array_equal(_ids(tiny_dataset, 5, seed=7), _ids(tiny_dataset, 5, seed=7))
+  assert (_ids(tiny_dataset, 5, seed=7) != _ids(tiny_dataset, 5, seed=8)).any()
+  unshuffled = _ids(tiny_dataset, 2, shuffle=False).ravel()
+  np.testing.assert_array_equal(unshuffled, sorted(TRAIN_IDS)[:12])
+
+
+def test_worker_processes_give_the_same_batches(tiny_dataset):
+  np.testing.assert_array_equal(_ids(tiny_dataset, 6, seed=1, num_workers=2),
+                                _ids(tiny_dataset, 6, seed=1))
+
+
+def test_processes_read_disjoint_slices_that_cover_the_data(tiny_dataset):
+  per_process = [set(_ids(tiny_dataset, 6, batch_size=5, seed=0, process_index=i,
+                          process_count=2).ravel()) for i in range(2)]
+  assert len(per_process[0]) == len(per_process[1]) == 30
+  assert not per_process[0] & per_process[1]
+  assert per_process[0] | per_process[1] == TRAIN_IDS
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_iterator_state_round_trip_with_orbax(tiny_dataset, tmp_path, num_workers):
+  def fresh():
+    ds = ip.make_dataset(tiny_dataset, "train", batch_size=4, seed=5, process_index=0,
+                         process_count=1,
+                         augment_config=ip.AugmentConfig("random", modality_dropout=0.3))
+    return ip.make_iterator(ds, num_workers=num_workers)
+
+  it = fresh()
+  for _ in range(7):
+    next(it)
+  manager = ocp.CheckpointManager(tmp_path / "ckpt")
+  manager.save(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  manager.wait_until_finished()
+  expected = [next(it) for _ in range(6)]
+
+  restored = fresh()
+  manager.restore(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+  for want in expected:
+    got = next(restored)
+    for key in ("imu", "imu_location", "modality_mask", "text_ids", "label"):
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_augment_picks_only_real_locations_and_keeps_pairs():
+  from conftest import tiny_example, tiny_info
+  info = tiny_info()
+  rng = np.random.default_rng(0)
+  exs = [tiny_example(info, rng, c, 0) for c in range(200)]
+  for i, ex in enumerate(exs):
+    ex["imu_location_mask"] = [0, 1, 1] if i % 2 else [1, 0, 0]
+    ex["imu"][:, 0, 0] = np.arange(3)  # location id in sample 0
+  batch = records.decode_batch(info, [records.encode_example(info, e) for e in exs])
+  out = ip.augment(batch, np.random.default_rng(1),
+                   ip.AugmentConfig("random", modality_dropout=0.7), info)
+  loc = out["imu_location"]
+  assert out["imu"].shape == (200, 20, 6)
+  assert set(loc[0::2]) == {0} and set(loc[1::2]) == {1, 2}
+  kept_imu = out["modality_mask"][:, 0] == 1
+  np.testing.assert_array_equal(out["imu"][kept_imu, 0, 0], loc[kept_imu])
+  assert (out["modality_mask"].sum(axis=1) >= 2).all()
+  dropped = out["modality_mask"] == 0
+  assert 0.4 < dropped.mean() < 0.6  # 0.7 asked, less where pairs were rescued
+  assert not out["video"][dropped[:, 2]].any() and not out["text_len"][dropped[:, 3]].any()
+  fixed = ip.augment(batch, np.random.default_rng(1), ip.AugmentConfig(("pelvis",)), info)
+  assert set(fixed["imu_location"][1::2]) == {2}
+  np.testing.assert_array_equal(fixed["modality_mask"][0::2, 0], 0)  # no pelvis there
+  with pytest.raises(ValueError, match="unknown IMU locations"):
+    ip.augment(batch, np.random.default_rng(1), ip.AugmentConfig(("nose",)), info)
+
+
+def _corrupt_one_record(data_dir):
+  info = records.DatasetInfo.load(data_dir)
+  shard = info.shard_paths(data_dir, "train")[2]
+  offset = int(tfrecord.load_index(shard)[3, 0])
+  with open(shard, "r+b") as f:
+    f.seek(offset + 10)
+    f.write(b"\x00\x01\x02")
+  return shard, offset - 12
+
+
+def test_corrupt_record_fails_with_its_name_or_is_skipped(tiny_dataset):
+  shard, record_offset = _corrupt_one_record(tiny_dataset)
+  with pytest.raises(tfrecord.CorruptRecordError,
+                     match=rf"train-00002\.tfrecord: record 3 at byte offset {record_offset}"):
+    _ids(tiny_dataset, 10, shuffle=False)
+
+
+def test_skip_corrupt_keeps_batches_full(tiny_dataset):
+  _corrupt_one_record(tiny_dataset)
+  ds = ip.make_dataset(tiny_dataset, "train", batch_size=5, shuffle=False, num_epochs=2,
+                       drop_remainder=False, skip_corrupt=True, augment_config=ALL,
+                       process_index=0, process_count=1)
+  batches = list(ds)
+  ids = np.concatenate([example_ids(b) for b in batches])
+  # Record 3 of shard 2 is global record 17: clip 3, window 2.
+  assert sorted(ids) == sorted(2 * sorted(TRAIN_IDS - {302}))
+  assert [len(b["label"]) for b in batches] == [5] * 23 + [3]
+
+
+def test_unindexed_shards_read_sequentially(tiny_dataset):
+  info = records.DatasetInfo.load(tiny_dataset)
+  for shard in info.shard_paths(tiny_dataset, "train"):
+    os.remove(tfrecord.index_path(shard))
+  ds = ip.make_dataset(tiny_dataset, "train", batch_size=7, seed=0, num_epochs=1,
+                       drop_remainder=False, augment_config=ALL, shuffle_window=16,
+                       process_index=0, process_count=1)
+  ids = np.concatenate([example_ids(b) for b in ds])
+  assert sorted(ids) == sorted(TRAIN_IDS)
+  assert (ids != np.sort(ids)).any()
+
+
+def test_global_batch_is_sharded_over_the_data_axis(tiny_dataset):
+  assert jax.device_count() == 8
+  mesh = jax.make_mesh((8,), ("data",))
+  ds = ip.make_dataset(tiny_dataset, "train", batch_size=16, seed=0, process_index=0,
+                       process_count=1)
+  local = next(iter(ds))
+  batch = ip.to_global_batch(local, mesh)
+  assert batch["imu"].shape == (16, 20, 6)
+  assert batch["imu"].sharding.spec == jax.sharding.PartitionSpec("data")
+  assert {s.data.shape for s in batch["imu"].addressable_shards} == {(2, 20, 6)}
+  np.testing.assert_array_equal(np.asarray(batch["imu"]), local["imu"])
+  assert batch["clip_id"] is local["clip_id"]

@@ -1,0 +1,104 @@
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import tiny_example, tiny_info, write_tiny_dataset
+from mujo_jax import records
+from mujo_jax import tfrecord
+
+
+def test_every_field_round_trips():
+  info = tiny_info()
+  rng = np.random.default_rng(1)
+  exs = [tiny_example(info, rng, c, w) for c in range(3) for w in range(2)]
+  exs[1]["imu_location_mask"] = [1, 0, 1]
+  exs[2]["label"] = -1
+  batch = records.decode_batch(info, [records.encode_example(info, e) for e in exs])
+  for i, ex in enumerate(exs):
+    for key in ("imu", "pose", "video", "text_ids"):
+      np.testing.assert_array_equal(batch[key][i], ex[key])
+    assert batch["text_len"][i] == ex["text_len"]
+    assert batch["label"][i] == ex["label"]
+    assert batch["window_index"][i] == ex["window_index"]
+    assert batch["clip_id"][i].decode() == ex["clip_id"]
+  assert batch["imu"].dtype == np.float16 and batch["text_ids"].dtype == np.int32
+  np.testing.assert_array_equal(batch["imu_location_mask"][1], [1, 0, 1])
+  np.testing.assert_array_equal(batch["modality_mask"], np.ones((6, 4)))
+
+
+def test_missing_modalities_read_as_zeros_with_mask():
+  info = tiny_info()
+  rng = np.random.default_rng(2)
+  ex = tiny_example(info, rng, 0, 0, drop=("pose", "text_ids"))
+  batch = records.decode_batch(info, [records.encode_example(info, ex)])
+  np.testing.assert_array_equal(batch["modality_mask"][0], [1, 0, 1, 0])
+  assert not batch["pose"].any() and not batch["text_ids"].any() and batch["text_len"][0] == 0
+  np.testing.assert_array_equal(batch["video"][0], ex["video"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(imu=np.zeros((3, 20, 5))), r"clip 'clip000' window 0: imu has shape \(3, 20, 5\)"),
+    (dict(video=np.full((2, 8), np.nan)), "video has non-finite values"),
+    (dict(pose=np.full((10, 4, 3), 1e6)), "pose overflows float16"),
+    (dict(text_ids=np.full(8, 100)), r"text_ids has ids outside \[0, 100\)"),
+    (dict(label=3), r"label 3 outside \[-1, 3\)"),
+    (dict(imu=None, pose=None, video=None, text_ids=None), "no modality present"),
+    (dict(clip_id=""), "no clip_id"),
+])
+def test_encode_rejects_bad_examples(change, message):
+  info = tiny_info()
+  ex = tiny_example(info, np.random.default_rng(0), 0, 0)
+  ex.update(change)
+  with pytest.raises(records.RecordFormatError, match=message):
+    records.encode_example(info, ex)
+
+
+def test_decode_names_record_with_wrong_shape():
+  writer_info = tiny_info(video_dim=6)
+  reader_info = tiny_info()
+  payload = records.encode_example(writer_info, tiny_example(writer_info, np.random.default_rng(0), 0, 0))
+  with pytest.raises(records.RecordFormatError,
+                     match=r"shard-7 @ 99: field 'video' has 24 bytes, expected 32 bytes"):
+    records.decode_batch(reader_info, [payload], where=lambda i: "shard-7 @ 99")
+  with pytest.raises(records.RecordFormatError, match="record 0 of the batch: not a tf.train.Example"):
+    records.decode_batch(reader_info, [b"\xff\xff garbage"])
+
+
+def test_dataset_info_round_trip_and_validation(tmp_path):
+  info = write_tiny_dataset(tmp_path)
+  loaded = records.DatasetInfo.load(str(tmp_path))
+  assert loaded == info
+  assert loaded.splits["train"].num_examples == 60 and loaded.splits["val"].num_clips == 4
+  assert [os.path.basename(p) for p in loaded.shard_paths(str(tmp_path), "val")] == [
+      "val-00000.tfrecord", "val-00001.tfrecord", "val-00002.tfrecord"]
+  stored = json.loads((tmp_path / records.INFO_FILENAME).read_text())
+  assert stored["array_specs"]["imu"] == {"shape": [3, 20, 6], "dtype": "<f2"}
+  for key, value, message in [("format_version", 99, "format_version 99"),
+                              ("bogus", 1, r"unknown keys \['bogus'\]"),
+                              ("video_dim", 9, "array_specs .* disagree")]:
+    bad = dict(stored, **{key: value})
+    (tmp_path / records.INFO_FILENAME).write_text(json.dumps(bad))
+    with pytest.raises(records.RecordFormatError, match=message):
+      records.DatasetInfo.load(str(tmp_path))
+  with pytest.raises(KeyError, match="split 'test' not in"):
+    info.shard_paths(str(tmp_path), "test")
+  with pytest.raises(FileNotFoundError, match="make_demo"):
+    records.DatasetInfo.load(str(tmp_path / "nowhere"))
+
+
+def test_writer_shards_and_rejects_clips_in_two_splits(tmp_path):
+  from data_prep.dataset_writer import DatasetWriter
+  info = write_tiny_dataset(tmp_path / "a", records_per_shard=7)
+  assert [s.num_records for s in info.splits["train"].shards] == [7] * 8 + [4]
+  for shard in info.shard_paths(str(tmp_path / "a"), "train"):
+    assert os.path.exists(tfrecord.index_path(shard))
+  writer = DatasetWriter(str(tmp_path / "b"), tiny_info())
+  rng = np.random.default_rng(0)
+  writer.write_split("train", [tiny_example(tiny_info(), rng, 0, 0)])
+  writer.write_split("val", [tiny_example(tiny_info(), rng, 0, 1)])
+  with pytest.raises(ValueError, match=r"clips in both 'train' and 'val'.*clip000"):
+    writer.finish()
+  assert not os.path.exists(tmp_path / "b" / records.INFO_FILENAME)

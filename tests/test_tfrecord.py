@@ -1,0 +1,124 @@
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from mujo_jax import tfrecord
+
+# Written by tf.io.TFRecordWriter (TensorFlow 2.x): b"", b"hello tfrecord", and a
+# tf.train.Example with feature x = int64 [1, 2, 3].
+TF_GOLDEN = bytes.fromhex(
+    "000000000000000029039807d8ea82a20e00000000000000c5e5693f68656c6c6f2074667265636f"
+    "72649f5b7622100000000000000095fbfe180a0e0a0c0a017812071a050a030102039fb98a87")
+
+
+def _crc32c_reference(data: bytes) -> int:
+  """Bitwise CRC32C (Castagnoli, reflected polynomial 0x82F63B78)."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("data, expected", [
+    # RFC 3720 (iSCSI) appendix B.4 test vectors.
+    (bytes(32), 0x8A9136AA),
+    (b"\xff" * 32, 0x62A8AB43),
+    (bytes(range(32)), 0x46DD794E),
+    (bytes(range(31, -1, -1)), 0x113FDB5C),
+    (b"123456789", 0xE3069283),
+])
+def test_crc32c_published_vectors(data, expected):
+  assert tfrecord.crc32c(data) == expected
+  assert _crc32c_reference(data) == expected
+
+
+def test_framing_matches_tensorflow_bytes():
+  ex = bytes.fromhex("0a0e0a0c0a017812071a050a03010203")
+  assert b"".join(tfrecord.frame(p) for p in (b"", b"hello tfrecord", ex)) == TF_GOLDEN
+
+
+def test_reads_tensorflow_written_file(tmp_path):
+  path = str(tmp_path / "tf.tfrecord")
+  with open(path, "wb") as f:
+    f.write(TF_GOLDEN)
+  assert [p for _, p in tfrecord.iter_records(path)][:2] == [b"", b"hello tfrecord"]
+  assert tfrecord.build_index(path) == 3
+  reader = tfrecord.ShardReader(path)
+  assert reader.read(1) == b"hello tfrecord"
+
+
+def test_round_trip_random_access(tmp_path):
+  rng = np.random.default_rng(0)
+  payloads = [rng.bytes(int(n)) for n in rng.integers(0, 3000, 50)]
+  path = str(tmp_path / "s.tfrecord")
+  assert tfrecord.write_shard(path, payloads) == 50
+  assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+  reader = tfrecord.ShardReader(path)
+  order = rng.permutation(50)
+  assert [reader.read(int(i)) for i in order] == [payloads[i] for i in order]
+  assert [p for _, p in tfrecord.iter_records(path)] == payloads
+  index = np.load(tfrecord.index_path(path))
+  os.remove(tfrecord.index_path(path))
+  assert tfrecord.build_index(path) == 50
+  np.testing.assert_array_equal(np.load(tfrecord.index_path(path)), index)
+
+
+def _write(tmp_path, n=10, size=100):
+  path = str(tmp_path / "s.tfrecord")
+  tfrecord.write_shard(path, [bytes([i]) * size for i in range(n)])
+  return path
+
+
+def test_flipped_payload_byte_names_shard_and_offset(tmp_path):
+  path = _write(tmp_path)
+  record_size = 8 + 4 + 100 + 4
+  with open(path, "r+b") as f:
+    f.seek(3 * record_size + 12 + 50)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x01]))
+  reader = tfrecord.ShardReader(path)
+  assert reader.read(2) == bytes([2]) * 100
+  with pytest.raises(tfrecord.CorruptRecordError,
+                     match=rf"s\.tfrecord: record 3 at byte offset {3 * record_size}: bad payload checksum"):
+    reader.read(3)
+  with pytest.raises(tfrecord.CorruptRecordError, match=f"byte offset {3 * record_size}"):
+    list(tfrecord.iter_records(path))
+
+
+def test_flipped_length_byte_is_caught(tmp_path):
+  path = _write(tmp_path)
+  with open(path, "r+b") as f:
+    f.seek(116 + 1)
+    f.write(b"\x01")
+  with pytest.raises(tfrecord.CorruptRecordError, match="record 1 at byte offset 116"):
+    tfrecord.ShardReader(path).read(1)
+  with pytest.raises(tfrecord.CorruptRecordError, match="byte offset 116: bad length checksum"):
+    list(tfrecord.iter_records(path))
+
+
+def test_truncated_shard(tmp_path):
+  path = _write(tmp_path)
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.truncate(size - 30)
+  with pytest.raises(tfrecord.CorruptRecordError, match=r"s\.tfrecord: truncated shard.*record 9"):
+    tfrecord.ShardReader(path)
+  with pytest.raises(tfrecord.CorruptRecordError, match=r"truncated record at byte offset 1044"):
+    list(tfrecord.iter_records(path))
+
+
+def test_missing_index_message(tmp_path):
+  path = _write(tmp_path)
+  os.remove(tfrecord.index_path(path))
+  with pytest.raises(FileNotFoundError, match="no index.*python -m mujo_jax.tfrecord"):
+    tfrecord.ShardReader(path)
+
+
+def test_header_layout():
+  framed = tfrecord.frame(b"abc")
+  assert struct.unpack("<Q", framed[:8])[0] == 3 and framed[12:15] == b"abc"
