@@ -260,11 +260,14 @@ def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
   """
   specs = info.array_specs()
   num_loc = len(info.imu_locations)
-  buffers: dict[str, list[bytes]] = {k: [] for k in specs}
+  n = len(payloads)
+  # Filled row by row straight from each record's bytes: one copy per field.
+  batch = {k: np.zeros((n,) + s.shape, s.dtype) for k, s in specs.items()}
+  rows = {k: v.reshape(n, -1) for k, v in batch.items()}
+  nbytes = {k: s.nbytes for k, s in specs.items()}
   ints = {"text_len": [], "label": [], "window_index": [], "modality_mask": [],
           "imu_location_mask": []}
   clip_ids = []
-  zeros = {k: bytes(s.nbytes) for k, s in specs.items()}
   for i, payload in enumerate(payloads):
     try:
       fmap = tf_example_pb2.Example.FromString(payload).features.feature
@@ -286,19 +289,16 @@ def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
     ints["imu_location_mask"].append(loc_mask)
     for key, present in zip(specs, mask):
       if not present:
-        buffers[key].append(zeros[key])
         continue
-      feature = fmap.get(key)
-      value = feature.bytes_list.value[0] if feature and feature.bytes_list.value else None
-      if value is None or len(value) != specs[key].nbytes:
+      values = fmap[key].bytes_list.value if key in fmap else ()
+      value = values[0] if len(values) else None
+      if value is None or len(value) != nbytes[key]:
         got = "no value" if value is None else f"{len(value)} bytes"
         raise RecordFormatError(
-            f"{_where(where, i)}: field {key!r} has {got}, expected {specs[key].nbytes} bytes "
+            f"{_where(where, i)}: field {key!r} has {got}, expected {nbytes[key]} bytes "
             f"({specs[key].dtype} {list(specs[key].shape)} per dataset_info.json)")
-      buffers[key].append(value)
+      rows[key][i] = np.frombuffer(value, specs[key].dtype)
     ints["text_len"].append(fmap["text_len"].int64_list.value[0] if mask[3] else 0)
-  batch = {k: np.frombuffer(b"".join(v), specs[k].dtype).reshape(len(payloads), *specs[k].shape)
-           for k, v in buffers.items()}
   batch.update({k: np.asarray(v, np.int32) for k, v in ints.items()})
   batch["clip_id"] = np.asarray(clip_ids, dtype=object)
   return batch
