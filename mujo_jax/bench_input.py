@@ -23,8 +23,8 @@ flags.DEFINE_string("data_dir", None, "FiMAD-format dataset directory.", require
 flags.DEFINE_string("split", "train", "Split to read.")
 flags.DEFINE_integer("batch_size", 256, "Per-process batch size.")
 flags.DEFINE_list("num_workers", ["0", "1", "2"], "Worker process counts to measure.")
-flags.DEFINE_integer("warmup", 5, "Batches skipped before timing.")
-flags.DEFINE_integer("window", 5, "Batches per timing window.")
+flags.DEFINE_integer("warmup", 20, "Batches skipped before timing (more than the prefetch buffer holds).")
+flags.DEFINE_integer("window", 10, "Batches per timing window.")
 flags.DEFINE_integer("windows", 5, "Timing windows per worker count.")
 flags.DEFINE_string("imu_locations", "random", "'all', 'random' or comma-separated names.")
 

@@ -30,7 +30,7 @@ class CorruptRecordError(IOError):
 
 
 def crc32c(data: bytes) -> int:
-  return google_crc32c.value(bytes(data))
+  return google_crc32c.value(data)
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -140,30 +140,33 @@ class ShardReader:
   def __init__(self, path: str, *, verify: bool = True):
     self.path = path
     self.index = load_index(path)
+    # Python ints: reading a record should not pay for numpy scalar conversions.
+    self._offsets = self.index[:, 0].tolist()
+    self._lengths = self.index[:, 1].tolist()
     self.verify = verify
     self._fd = os.open(path, os.O_RDONLY)
 
   def __len__(self) -> int:
-    return len(self.index)
+    return len(self._offsets)
 
   def close(self):
     os.close(self._fd)
 
   def describe(self, i: int) -> str:
-    return f"{self.path}: record {i} at byte offset {int(self.index[i, 0]) - _HEADER.size}"
+    return f"{self.path}: record {i} at byte offset {self._offsets[i] - _HEADER.size}"
 
   def read(self, i: int) -> bytes:
     """Payload of record i; raises CorruptRecordError naming shard and offset."""
-    offset, length = (int(v) for v in self.index[i])
-    start = offset - _HEADER.size
-    blob = os.pread(self._fd, length + _HEADER.size + _FOOTER.size, start)
-    if len(blob) != length + _HEADER.size + _FOOTER.size:
+    offset, length = self._offsets[i], self._lengths[i]
+    size = _HEADER.size + length + _FOOTER.size
+    blob = os.pread(self._fd, size, offset - _HEADER.size)
+    if len(blob) != size:
       raise CorruptRecordError(f"{self.describe(i)}: truncated shard")
     stored_length, length_crc = _HEADER.unpack_from(blob)
-    payload = blob[_HEADER.size:_HEADER.size + length]
     if stored_length != length:
       raise CorruptRecordError(
           f"{self.describe(i)}: length {stored_length} disagrees with the index ({length})")
+    payload = blob[_HEADER.size:_HEADER.size + length]
     if self.verify:
       if masked_crc32c(blob[:8]) != length_crc:
         raise CorruptRecordError(f"{self.describe(i)}: bad length checksum")
@@ -171,8 +174,6 @@ class ShardReader:
         raise CorruptRecordError(f"{self.describe(i)}: bad payload checksum")
     return payload
 
-  def read_many(self, ids: Sequence[int]) -> list[bytes]:
-    return [self.read(i) for i in ids]
 
 
 def main(argv: Sequence[str]) -> None:
