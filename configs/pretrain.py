@@ -1,0 +1,91 @@
+r"""MuJo pretraining: four towers (imu, pose, video, text) in one joint space.
+
+  python -m mujo_jax.main --config=configs/pretrain.py --workdir=DIR        # base, FiMAD data
+  python -m mujo_jax.main --config=configs/pretrain.py:demo --workdir=DIR   # laptop demo
+
+Arguments after the colon (comma-separated, big_vision style):
+  demo          small model on the embedded demo dataset (built on first use),
+                about 10 minutes on a 2-core CPU
+  batch=N       global batch size
+  steps=N       total training steps
+  strategy=S    multitask strategy: all_pairs | random_pair | round_robin | imu_anchored
+Any field can also be overridden with --config.some.field=value.
+"""
+
+import ml_collections
+
+from configs import common
+from mujo_jax import model as model_lib
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, demo=False, batch=None, steps=None, strategy="all_pairs")
+  config = ml_collections.ConfigDict()
+  config.name = "demo" if arg["demo"] else "base"
+  config.mode = "pretrain"
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dir = "data/fimad"
+  config.data.build_demo_if_missing = False
+  config.data.train_split = "train"
+  config.data.val_split = "val"
+  config.data.imu_locations = "random"       # one real location per example; or a tuple of names
+  config.data.modality_dropout = 0.0
+  config.data.num_workers = 8
+  config.data.skip_corrupt = False
+
+  config.model = model_lib.default_model_config()
+  config.loss = ml_collections.ConfigDict()
+  config.loss.strategy = arg["strategy"]
+
+  config.batch_size = 4096
+  config.total_steps = 5000
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-3
+  config.optim.warmup_steps = 500
+  config.optim.end_learning_rate_factor = 0.01
+  config.optim.weight_decay = 0.05
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.98
+  config.optim.grad_clip_norm = 1.0
+  # Parameters matching this regex get no weight decay.
+  config.optim.no_decay_regex = r".*(bias|scale|embedding|pos_embedding|cls|log_logit_scale).*"
+
+  # Mesh: `data` takes all devices unless set; `fsdp` is reserved for sharding
+  # parameters (rules below) and is 1 for now.
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # (regex over "/"-joined parameter paths, PartitionSpec as a tuple); first match wins.
+  config.param_sharding_rules = [(".*", ())]
+  config.compute_dtype = "auto"   # bfloat16 on GPU/TPU, float32 on CPU
+
+  config.log_every = 50
+  config.eval_every = 1000
+  config.eval_batch_size = 1024
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3
+
+  if arg["demo"]:
+    config.data.dir = "data/demo"
+    config.data.build_demo_if_missing = True
+    config.data.num_workers = 1
+    config.data.modality_dropout = 0.0
+    config.model.width = 128
+    config.model.depth = 2
+    config.model.num_heads = 4
+    config.model.mlp_dim = 512
+    config.model.embed_dim = 128
+    config.batch_size = 128
+    config.total_steps = 600
+    config.optim.learning_rate = 1e-3
+    config.optim.warmup_steps = 60
+    config.optim.weight_decay = 0.01
+    config.log_every = 20
+    config.eval_every = 200
+    config.eval_batch_size = 256
+    config.checkpoint_every = 200
+  if arg["batch"]:
+    config.batch_size = int(arg["batch"])
+  if arg["steps"]:
+    config.total_steps = int(arg["steps"])
+  return config

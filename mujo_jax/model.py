@@ -1,0 +1,312 @@
+"""The MuJo encoder towers: IMU, pose, video and text into one joint space.
+
+Every modality gets its own tower with the same shape: a tokenizer turns the raw
+input into a token sequence `[B, N, width]`, a learned CLS token is prepended,
+a pre-LayerNorm transformer encoder mixes the tokens, and the CLS output is
+normalised, projected (no bias) to `embed_dim` and L2-normalised. The unit
+vectors of all towers live in one space, so contrastive losses compare them with
+a plain dot product (times the learned logit scale held by `MuJo`).
+
+Tokenizers (the shapes are the defaults of `default_model_config`):
+  imu    [B, 250, 6]      -> 25 patches of 10 samples  [B, 25, 60]  -> linear
+  pose   [B, 125, 17, 3]  -> 25 patches of 5 frames    [B, 25, 255] -> linear
+  video  [B, 8, 1536]     -> 8 tokens                               -> linear
+  text   ids [B, 64]      -> drop the tokenizer's [CLS], embed 63 ids (table)
+
+Mixed precision: parameters are float32; inputs are cast to `config.dtype`
+inside the towers and all matmuls run in it (bfloat16 on accelerators).
+LayerNorm statistics and the attention softmax are computed in float32, and the
+embeddings are returned as float32.
+
+Used as pure functions:
+  model = MuJo(config)
+  params = model.init(rng, batch)["params"]
+  embeddings = model.apply({"params": params}, batch)    # {"imu": [B, 256], ...}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+MODALITIES = ("imu", "pose", "video", "text")
+# Batch key holding each tower's input.
+INPUT_KEYS = {"imu": "imu", "pose": "pose", "video": "video", "text": "text_ids"}
+# Transformer sizes that `config.towers.<modality>.<field>` may override.
+TOWER_OVERRIDES = ("width", "depth", "num_heads", "mlp_dim")
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """The base model of the paper's setting: four 4-layer, 256-wide towers."""
+  config = ml_collections.ConfigDict()
+  config.modalities = MODALITIES
+  config.embed_dim = 256            # joint space
+  config.width = 256                # transformer width (all towers unless overridden)
+  config.depth = 4
+  config.num_heads = 4
+  config.mlp_dim = 1024
+  config.dtype = "float32"          # compute dtype; "bfloat16" on GPU/TPU
+  # "xla" or "cudnn" (cuDNN fused attention: GPU only, bfloat16/float16 only).
+  config.attention_impl = "xla"
+  config.imu_patch = 10             # samples per IMU token
+  config.imu_len = 250              # samples per window (5 s at 50 Hz)
+  config.imu_channels = 6           # acc xyz, gyro xyz
+  config.pose_patch = 5             # frames per pose token
+  config.pose_len = 125             # frames per window (5 s at 25 Hz)
+  config.num_joints = 17
+  config.video_len = 8              # video feature steps (one token each)
+  config.video_dim = 1536
+  config.text_len = 64              # token ids per text, the tokenizer's [CLS] first
+  config.vocab_size = 30522
+  config.logit_scale_init = 1 / 0.07
+  config.logit_scale_max = 100.0
+  # Per-tower overrides of the transformer sizes, e.g. towers.text.depth = 6;
+  # unset (None) means the shared value above.
+  config.towers = ml_collections.ConfigDict({
+      m: ml_collections.ConfigDict({f: config_dict.placeholder(int) for f in TOWER_OVERRIDES})
+      for m in MODALITIES})
+  return config
+
+
+def tower_settings(config: ml_collections.ConfigDict, modality: str) -> dict[str, Any]:
+  """Everything one tower needs, with per-tower overrides applied.
+
+  Also the source of truth for sequence lengths, so that `analytic_flops` and
+  the modules agree: `num_tokens` excludes the tower's own CLS token.
+  """
+  if modality not in MODALITIES:
+    raise ValueError(f"unknown modality {modality!r}; known: {MODALITIES}")
+  sizes = {f: config[f] for f in TOWER_OVERRIDES}
+  overrides = config.get("towers", {}).get(modality, {})
+  sizes.update({f: overrides[f] for f in TOWER_OVERRIDES if overrides.get(f) is not None})
+  if sizes["width"] % sizes["num_heads"]:
+    raise ValueError(f"{modality} tower: width {sizes['width']} is not divisible by "
+                     f"num_heads {sizes['num_heads']}")
+  if modality == "imu":
+    length, patch, features = config.imu_len, config.imu_patch, config.imu_channels
+  elif modality == "pose":
+    length, patch, features = config.pose_len, config.pose_patch, config.num_joints * 3
+  elif modality == "video":
+    length, patch, features = config.video_len, 1, config.video_dim
+  else:
+    length, patch, features = config.text_len - 1, 1, 0   # the tokenizer's [CLS] is dropped
+  if length % patch:
+    raise ValueError(f"{modality} tower: length {length} is not divisible by patch {patch}")
+  return dict(sizes, modality=modality, embed_dim=config.embed_dim, patch_size=patch,
+              num_tokens=length // patch, token_features=patch * features,
+              vocab_size=config.vocab_size if modality == "text" else 0,
+              dtype=config.dtype, attention_impl=config.get("attention_impl", "xla"))
+
+
+def patchify(x: jax.Array, patch_size: int) -> jax.Array:
+  """Groups consecutive time steps into tokens: `[B, T, ...]` -> `[B, T/p, p * prod(...)]`.
+
+  Token k holds steps k*p .. k*p + p-1 in order, each step's features flattened
+  row-major, so element (t, f) of the input lands at token t // p, position
+  (t % p) * F + f.
+  """
+  batch, steps = x.shape[:2]
+  if steps % patch_size:
+    raise ValueError(f"{steps} time steps are not divisible by patch size {patch_size}")
+  return x.reshape(batch, steps // patch_size, -1)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention over `[B, N, width]` via `jax.nn.dot_product_attention`."""
+  num_heads: int
+  dtype: Any = jnp.float32
+  implementation: str = "xla"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None,
+               key_lengths: jax.Array | None = None) -> jax.Array:
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    dense = lambda name, **kw: nn.DenseGeneral(
+        name=name, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=nn.initializers.xavier_uniform(), **kw)
+    # [B, N, heads, head_dim] each.
+    q, k, v = (dense(n, features=(self.num_heads, head_dim))(x) for n in ("query", "key", "value"))
+    mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, N]
+    lengths = None if key_lengths is None else key_lengths.astype(jnp.int32)
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=lengths,
+                                     implementation=self.implementation)
+    return dense("out", features=width, axis=(-2, -1))(y)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN transformer block: x + MHA(LN(x)); x + MLP(LN(x))."""
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, key_mask=None, key_lengths=None):
+    norm = lambda name: nn.LayerNorm(name=name, dtype=self.dtype, param_dtype=jnp.float32)
+    dense = lambda name, features: nn.Dense(
+        features, name=name, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=nn.initializers.xavier_uniform())
+    x = x + Attention(self.num_heads, self.dtype, self.attention_impl, name="attention")(
+        norm("norm_attention")(x), key_mask, key_lengths)
+    y = dense("mlp_in", self.mlp_dim)(norm("norm_mlp")(x))
+    return x + dense("mlp_out", x.shape[-1])(nn.gelu(y))
+
+
+class Encoder(nn.Module):
+  """A stack of pre-LN transformer blocks over `[B, N, width]` (no final norm).
+
+  Padding is given either as `key_mask [B, N]` (True = real token) or, cheaper
+  and usable by cuDNN's fused attention, as `key_lengths [B]` (the first
+  `key_lengths[b]` tokens are real). Padded tokens are never attended to; their
+  own outputs are meaningless.
+  """
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None,
+               key_lengths: jax.Array | None = None) -> jax.Array:
+    for i in range(self.depth):
+      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
+                       name=f"block_{i}")(x, key_mask, key_lengths)
+    return x
+
+
+class Tower(nn.Module):
+  """One modality's encoder: raw input -> `[B, embed_dim]` float32 unit vectors.
+
+  Attributes are those of `tower_settings`. `inputs` is `[B, T, C]` (imu, video),
+  `[B, T, J, 3]` (pose) or int ids `[B, L]` (text, with `text_len [B]` = number
+  of real ids including the tokenizer's [CLS] at position 0).
+  """
+  modality: str
+  embed_dim: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  num_tokens: int
+  token_features: int
+  patch_size: int = 1
+  vocab_size: int = 0
+  dtype: Any = "float32"
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, text_len: jax.Array | None = None) -> jax.Array:
+    dtype = jnp.dtype(self.dtype)
+    batch = inputs.shape[0]
+    key_lengths = None
+    if self.modality == "text":
+      ids = inputs[:, 1:]                       # [B, L-1]: the tokenizer's [CLS] dropped
+      # Gather in float32 (the table stays float32), then cast: [B, L-1, width].
+      tokens = nn.Embed(self.vocab_size, self.width, name="token_embedding",
+                        embedding_init=nn.initializers.normal(0.02))(ids).astype(dtype)
+      # Real keys: our CLS plus ids 1 .. text_len-1 of the input = a prefix of
+      # length text_len (text_len = 0, a dropped text, still keeps the CLS).
+      key_lengths = jnp.clip(jnp.asarray(text_len), 1, ids.shape[1] + 1)
+    else:
+      patches = patchify(inputs.astype(dtype), self.patch_size)   # [B, N, p * C]
+      tokens = nn.Dense(self.width, name="input_proj", dtype=dtype, param_dtype=jnp.float32,
+                        kernel_init=nn.initializers.xavier_uniform())(patches)
+    if tokens.shape[1:] != (self.num_tokens, self.width):
+      raise ValueError(f"{self.modality} tower expects {self.num_tokens} tokens, got "
+                       f"{tokens.shape[1]} from inputs of shape {inputs.shape}")
+    pos_embedding = self.param("pos_embedding", nn.initializers.normal(0.02),
+                               (1, self.num_tokens, self.width), jnp.float32)
+    cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (batch, 1, self.width)),
+                         tokens + pos_embedding.astype(dtype)], axis=1)   # [B, N+1, width]
+    x = Encoder(self.depth, self.num_heads, self.mlp_dim, dtype, self.attention_impl,
+                name="encoder")(x, key_lengths=key_lengths)
+    x = nn.LayerNorm(name="norm_out", dtype=dtype, param_dtype=jnp.float32)(x[:, 0])
+    x = nn.Dense(self.embed_dim, use_bias=False, name="head", dtype=dtype,
+                 param_dtype=jnp.float32,
+                 kernel_init=nn.initializers.normal(self.width ** -0.5))(x)
+    return l2_normalize(x.astype(jnp.float32))
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Unit vectors along the last axis; `eps` keeps the gradient finite at 0."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+class MuJo(nn.Module):
+  """One `Tower` per enabled modality (params[modality]) and the logit scale.
+
+  `__call__(batch, modalities)` embeds the requested modalities (default: all
+  enabled) from batch keys "imu", "pose", "video", "text_ids" (+ "text_len");
+  other keys are ignored. Returns {modality: [B, embed_dim] float32 unit vectors}.
+  """
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, batch: dict[str, jax.Array],
+               modalities: Sequence[str] | None = None) -> dict[str, jax.Array]:
+    enabled = tuple(self.config.modalities)
+    modalities = enabled if modalities is None else tuple(modalities)
+    unknown = sorted(set(modalities) - set(enabled))
+    if unknown:
+      raise ValueError(f"modalities {unknown} are not enabled (config.modalities={enabled})")
+    self.param("log_logit_scale",
+               nn.initializers.constant(math.log(self.config.logit_scale_init)), (), jnp.float32)
+    embeddings = {}
+    for modality in modalities:
+      settings = tower_settings(self.config, modality)
+      inputs = jnp.asarray(batch[INPUT_KEYS[modality]])
+      if modality == "imu" and inputs.ndim != 3:
+        raise ValueError(f"imu must be [B, T, C] (one sensor location per example), "
+                         f"got shape {inputs.shape}")
+      text_len = batch["text_len"] if modality == "text" else None
+      embeddings[modality] = Tower(**settings, name=modality)(inputs, text_len)
+    return embeddings
+
+  def logit_scale(self) -> jax.Array:
+    """min(exp(log_logit_scale), logit_scale_max); use via `apply(..., method=...)`."""
+    return logit_scale({"log_logit_scale": self.get_variable("params", "log_logit_scale")},
+                       self.config)
+
+
+def logit_scale(params, config: ml_collections.ConfigDict | None = None) -> jax.Array:
+  """The contrastive temperature's inverse, capped (no gradient beyond the cap)."""
+  cap = (config or default_model_config()).logit_scale_max
+  return jnp.minimum(jnp.exp(params["log_logit_scale"]), cap)
+
+
+def param_count(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Forward-pass FLOPs per example of each enabled tower, plus "total".
+
+  Counts 2*m*n*k per matmul (input projection, Q/K/V, attention scores and
+  weighted values, output projection, MLP, head); the text embedding is a
+  gather (0 FLOPs) and elementwise work (norms, softmax, GELU) is ignored.
+  Padded text tokens are computed like real ones, so they count too.
+  """
+  flops = {}
+  for modality in config.modalities:
+    s = tower_settings(config, modality)
+    width, n = s["width"], s["num_tokens"] + 1          # + CLS
+    embed = 0 if modality == "text" else 2 * s["num_tokens"] * s["token_features"] * width
+    per_block = (2 * n * width * 3 * width                # Q, K, V
+                 + 2 * 2 * n * n * width                  # scores and weighted values
+                 + 2 * n * width * width                  # output projection
+                 + 2 * 2 * n * width * s["mlp_dim"])      # MLP in and out
+    head = 2 * width * config.embed_dim                  # CLS only
+    flops[modality] = float(embed + s["depth"] * per_block + head)
+  flops["total"] = float(sum(flops.values()))
+  return flops

@@ -1,0 +1,365 @@
+"""The pretraining loop, top to bottom: mesh, data, init, step, checkpoints, evals, logs.
+
+One batch's path: input_pipeline (TFRecord -> numpy) -> to_global_batch (jax.Array
+sharded over the mesh's `data` axis) -> model.MuJo (towers) ->
+contrastive.contrastive_loss (global InfoNCE per modality pair) -> optax update.
+
+The step is a pure function `(state, batch) -> (state, metrics)`, compiled ahead
+of time with explicit shardings and a donated state, once per distinct set of
+modality pairs (multitask strategies pick the pairs on the host, so a step only
+runs the towers its pairs need).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Sequence
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mujo_jax import contrastive
+from mujo_jax import input_pipeline
+from mujo_jax import metric_writer
+from mujo_jax import model as model_lib
+from mujo_jax import records
+
+MODALITIES = records.MODALITIES
+MODEL_INPUTS = ("imu", "pose", "video", "text_ids", "text_len", "modality_mask")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp) mesh over all (or the given) devices; `data: -1` takes what fsdp leaves.
+
+  Axes are Auto (GSPMD propagates shardings inside the step; the step's inputs
+  and outputs are pinned explicitly).
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  fsdp = int(config.mesh.fsdp)
+  data = int(config.mesh.data)
+  if data == -1:
+    data = len(devices) // fsdp
+  if data * fsdp != len(devices):
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover {len(devices)} devices")
+  return jax.make_mesh((data, fsdp), ("data", "fsdp"), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> str:
+  if config.compute_dtype != "auto":
+    return config.compute_dtype
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def shardings_from_rules(tree, rules: Sequence[tuple[str, tuple]], mesh):
+  """NamedShardings for every leaf: the first regex matching its path wins."""
+  compiled = [(re.compile(r), spec) for r, spec in rules]
+
+  def leaf_sharding(path, leaf):
+    name = path_str(path)
+    for regex, spec in compiled:
+      if regex.fullmatch(name):
+        spec = tuple(spec)[:np.ndim(leaf)]
+        return NamedSharding(mesh, P(*spec))
+    raise ValueError(f"no sharding rule matches parameter {name!r}")
+  return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+  """AdamW, warmup + cosine decay, global-norm clipping, no decay where the regex matches."""
+  o = config.optim
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+      decay_steps=max(config.total_steps, o.warmup_steps + 1),
+      end_value=o.learning_rate * o.end_learning_rate_factor)
+  no_decay = re.compile(o.no_decay_regex)
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: not no_decay.fullmatch(path_str(path)), params)
+  tx = optax.chain(
+      optax.clip_by_global_norm(o.grad_clip_norm),
+      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+  return tx, schedule
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+  """Zeros shaped like a training batch (for init and for benchmarks)."""
+  m = config.model
+  return {
+      "imu": np.zeros((batch_size, m.imu_len, m.imu_channels), np.float16),
+      "pose": np.zeros((batch_size, m.pose_len, m.num_joints, 3), np.float16),
+      "video": np.zeros((batch_size, m.video_len, m.video_dim), np.float16),
+      "text_ids": np.zeros((batch_size, m.text_len), np.int32),
+      "text_len": np.full((batch_size,), 2, np.int32),
+      "modality_mask": np.ones((batch_size, len(MODALITIES)), np.int32),
+  }
+
+
+class Trainer:
+  """Holds the compiled pieces of one configuration; `train()` runs the loop."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None, devices=None):
+    self.config = config
+    self.workdir = workdir
+    self.mesh = make_mesh(config, devices)
+    self.model_config = ml_collections.ConfigDict(config.model)
+    self.model_config.dtype = compute_dtype(config)
+    self.model = model_lib.MuJo(self.model_config)
+    self.tx, self.schedule = make_optimizer(config)
+    self.modalities = tuple(m for m in MODALITIES if m in self.model_config.modalities)
+    if config.batch_size % self.mesh.size:
+      raise ValueError(f"batch_size {config.batch_size} is not divisible by "
+                       f"{self.mesh.size} devices")
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    abstract = jax.eval_shape(self._init, jax.random.key(0))
+    self.state_sharding = shardings_from_rules(abstract, config.param_sharding_rules, self.mesh)
+    self._steps = {}
+
+  def _init(self, rng) -> TrainState:
+    batch = jax.tree.map(jnp.asarray, dummy_batch(self.config, 2))
+    params = self.model.init(rng, batch)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params))
+
+  def init_state(self) -> TrainState:
+    rng = jax.random.key(self.config.seed)
+    return jax.jit(self._init, out_shardings=self.state_sharding)(rng)
+
+  def abstract_state(self):
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        jax.eval_shape(self._init, jax.random.key(0)), self.state_sharding)
+
+  def abstract_batch(self, batch_size: int):
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
+            for k, v in dummy_batch(self.config, batch_size).items()}
+
+  def _train_step(self, state: TrainState, batch, *, pairs):
+    needed = tuple(m for m in self.modalities if any(m in p for p in pairs))
+
+    def loss_fn(params):
+      embeddings = self.model.apply({"params": params}, batch, modalities=needed)
+      scale = model_lib.logit_scale(params, self.model_config)
+      masks = {m: batch["modality_mask"][:, MODALITIES.index(m)] for m in needed}
+      total, per_pair = contrastive.contrastive_loss(embeddings, masks, pairs, scale, self.mesh)
+      return total, (per_pair, scale)
+
+    (loss, (per_pair, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "logit_scale": scale, "grad_norm": optax.global_norm(grads),
+               "learning_rate": self.schedule(state.step)}
+    metrics.update({f"loss/{k}": v for k, v in per_pair.items()})
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def compiled_step(self, pairs: tuple[tuple[str, str], ...], batch_size: int | None = None):
+    """The AOT-compiled step for one pair set (cached)."""
+    batch_size = batch_size or self.config.batch_size
+    key = (pairs, batch_size)
+    if key not in self._steps:
+      jitted = jax.jit(functools.partial(self._train_step, pairs=pairs),
+                       in_shardings=(self.state_sharding, self.batch_sharding),
+                       out_shardings=(self.state_sharding, None), donate_argnums=0)
+      self._steps[key] = jitted.lower(self.abstract_state(),
+                                      self.abstract_batch(batch_size)).compile()
+    return self._steps[key]
+
+  @functools.cached_property
+  def _embed(self):
+    return jax.jit(lambda params, batch: self.model.apply({"params": params}, batch),
+                   in_shardings=(self.state_sharding.params, self.batch_sharding))
+
+  def evaluate(self, state: TrainState) -> dict[str, float]:
+    """Cross-modal retrieval recall@1/@5 for every pair over the whole val split."""
+    c = self.config
+    per_process = c.eval_batch_size // jax.process_count()
+    info = records.DatasetInfo.load(c.data.dir)
+    num = info.splits[c.data.val_split].num_examples
+    num_batches = -(-(-(-num // jax.process_count())) // per_process)
+    ds = input_pipeline.make_dataset(
+        c.data.dir, c.data.val_split, batch_size=per_process, seed=c.seed, shuffle=False,
+        num_epochs=1, drop_remainder=False,
+        augment_config=input_pipeline.AugmentConfig(imu_locations=c.data.imu_locations))
+    it = iter(ds)
+    chunks = {m: [] for m in self.modalities}
+    masks = []
+    for _ in range(num_batches):
+      local = next(it, None)
+      local, valid = _pad_batch(local, per_process, self.config)
+      batch = input_pipeline.to_global_batch({k: local[k] for k in MODEL_INPUTS}, self.mesh)
+      emb = self._embed(state.params, batch)
+      for m in self.modalities:
+        chunks[m].append(np.asarray(multihost_utils.process_allgather(emb[m], tiled=True)))
+      masks.append(np.asarray(multihost_utils.process_allgather(
+          local["modality_mask"] * valid[:, None], tiled=True)))
+    mask = np.concatenate(masks).astype(bool)
+    emb = {m: np.concatenate(v) for m, v in chunks.items()}
+    metrics = {}
+    for a, b in contrastive.pairs_for_step("all_pairs", self.modalities, 0):
+      valid = mask[:, MODALITIES.index(a)] & mask[:, MODALITIES.index(b)]
+      if not valid.any():
+        continue
+      recall = contrastive.retrieval_recall(emb[a], emb[b], ks=(1, 5), valid=valid)
+      for k in (1, 5):
+        ab, ba = recall[f"recall@{k}_a_to_b"], recall[f"recall@{k}_b_to_a"]
+        metrics[f"val/r{k}/{a}_{b}"] = (ab + ba) / 2
+        metrics[f"val/r{k}/{a}_to_{b}"] = ab
+        metrics[f"val/r{k}/{b}_to_{a}"] = ba
+    return metrics
+
+  def train(self, stop_at_step: int | None = None) -> TrainState:
+    """Trains to config.total_steps, resuming from the workdir's last checkpoint.
+
+    stop_at_step: stop there as if preempted (checkpoint, then return).
+    """
+    c = self.config
+    process_batch = c.batch_size // jax.process_count()
+    train_ds = input_pipeline.make_dataset(
+        c.data.dir, c.data.train_split, batch_size=process_batch, seed=c.seed,
+        augment_config=input_pipeline.AugmentConfig(
+            imu_locations=c.data.imu_locations, modality_dropout=c.data.modality_dropout),
+        skip_corrupt=c.data.skip_corrupt)
+    train_iter = input_pipeline.make_iterator(train_ds, num_workers=c.data.num_workers)
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(self.workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=c.keep_checkpoints,
+                                             enable_async_checkpointing=True))
+    latest = manager.latest_step()
+    if latest is not None:
+      logging.info("resuming from the checkpoint of step %d", latest)
+      restored = manager.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(self.abstract_state()),
+          data=grain.checkpoint.CheckpointRestore(train_iter)))
+      state = restored.state
+    else:
+      state = self.init_state()
+    writer = metric_writer.MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+    preempted = _PreemptionFlag()
+    step = int(state.step)
+    if step == 0:
+      params = sum(x.size for x in jax.tree.leaves(state.params))
+      logging.info("model: %.2fM parameters, compute dtype %s, mesh %s",
+                   params / 1e6, self.model_config.dtype, dict(self.mesh.shape))
+    # Compile before the clock starts: compile errors and memory show up first.
+    self.compiled_step(contrastive.pairs_for_step(c.loss.strategy, self.modalities, step, c.seed))
+    timer = _Throughput(c.batch_size)
+    pending = []
+
+    def save(step, force=False):
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)),
+          force=force)
+
+    while step < c.total_steps:
+      pairs = contrastive.pairs_for_step(c.loss.strategy, self.modalities, step, c.seed)
+      step_fn = self.compiled_step(pairs)
+      local = next(train_iter)
+      batch = input_pipeline.to_global_batch({k: local[k] for k in MODEL_INPUTS}, self.mesh)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      pending.append(metrics)
+      if step % c.log_every == 0 or step == c.total_steps:
+        rows = jax.device_get(pending)
+        pending = []
+        summary = {k: float(np.mean([r[k] for r in rows if k in r]))
+                   for k in set().union(*rows)}
+        summary["examples_per_s"] = timer.rate(step)
+        writer.write(step, summary)
+        logging.info("step %d/%d  loss %.4f  %.0f examples/s  ETA %s", step, c.total_steps,
+                     summary["loss"], summary["examples_per_s"],
+                     _eta(c.total_steps - step, summary["examples_per_s"] / c.batch_size))
+      if c.eval_every and (step % c.eval_every == 0 or step == c.total_steps):
+        val = self.evaluate(state)
+        writer.write(step, val)
+        logging.info("step %d validation: %s", step, "  ".join(
+            f"{k.removeprefix('val/')} {v:.3f}" for k, v in sorted(val.items())
+            if k.startswith("val/r1/") and "_to_" not in k))
+        timer.reset(step)
+      stop = preempted.reached(step) or step == stop_at_step
+      if stop or step % c.checkpoint_every == 0 or step == c.total_steps:
+        save(step, force=stop)
+      if stop:
+        logging.warning("stopped early at step %d (checkpoint saved)", step)
+        break
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    if hasattr(train_iter, "close"):
+      train_iter.close()
+    return state
+
+
+def _pad_batch(local, size: int, config):
+  """Pads a short (or missing) eval batch to `size` rows; returns it and a valid mask."""
+  if local is None:
+    local = {k: v[:0] for k, v in dummy_batch(config, 1).items()}
+  n = len(local["modality_mask"])
+  padded = {k: np.concatenate([local[k], np.zeros((size - n,) + local[k].shape[1:], local[k].dtype)])
+            for k in MODEL_INPUTS}
+  return padded, np.arange(size) < n
+
+
+def _eta(steps_left: int, steps_per_s: float) -> str:
+  if steps_per_s <= 0:
+    return "?"
+  seconds = int(steps_left / steps_per_s)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class _Throughput:
+  """examples/s over the steps since the last log, excluding eval time."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+    self.reset(0)
+
+  def reset(self, step: int):
+    self._step, self._time = step, time.perf_counter()
+
+  def rate(self, step: int) -> float:
+    now = time.perf_counter()
+    rate = (step - self._step) * self.batch_size / max(now - self._time, 1e-9)
+    self._step, self._time = step, now
+    return rate
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM; on several hosts all agree on the step through JAX's sync point."""
+
+  def __init__(self):
+    self._flag = False
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self._flag = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag

@@ -1,0 +1,329 @@
+"""The encoder towers: shapes, dtypes, tokenizers, padding, configurability, counts."""
+
+import functools
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mujo_jax import model as model_lib
+
+B = 2
+
+
+def make_batch(config, batch_size=B, seed=0):
+  rng = np.random.default_rng(seed)
+  c = config
+  return {
+      "imu": rng.normal(size=(batch_size, c.imu_len, c.imu_channels)).astype(np.float16),
+      "pose": rng.normal(size=(batch_size, c.pose_len, c.num_joints, 3)).astype(np.float16),
+      "video": rng.normal(size=(batch_size, c.video_len, c.video_dim)).astype(np.float16),
+      "text_ids": rng.integers(1, c.vocab_size, (batch_size, c.text_len)).astype(np.int32),
+      "text_len": rng.integers(2, c.text_len + 1, batch_size).astype(np.int32),
+      "modality_mask": np.ones((batch_size, 4), np.int32),   # ignored by the model
+  }
+
+
+def tiny_config(**overrides):
+  config = model_lib.default_model_config()
+  config.update(width=32, depth=1, num_heads=2, mlp_dim=64, embed_dim=16, vocab_size=50,
+                text_len=12)
+  config.update(overrides)
+  return config
+
+
+def init(config, batch):
+  return jax.jit(model_lib.MuJo(config).init)(jax.random.key(0), batch)["params"]
+
+
+def param_shapes(config, batch):
+  return jax.eval_shape(model_lib.MuJo(config).init, jax.random.key(0), batch)["params"]
+
+
+def random_params(config, batch, seed=1):
+  """Parameters of the right shapes without compiling `init` (slow on a 2-core CPU)."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = "/".join(k.key for k in path)
+    if name == "log_logit_scale":
+      return jnp.float32(np.log(1 / 0.07))
+    mean = 1.0 if name.endswith("scale") else 0.0
+    return jnp.asarray(mean + 0.05 * rng.normal(size=leaf.shape), leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fill, param_shapes(config, batch))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A tiny four-tower model with really initialised parameters and a jitted apply."""
+  config = tiny_config()
+  batch = make_batch(config)
+  model = model_lib.MuJo(config)
+  apply = jax.jit(model.apply, static_argnames="modalities")
+  return config, batch, init(config, batch), apply
+
+
+def test_base_config_outputs_are_float32_unit_vectors():
+  config = model_lib.default_model_config()
+  batch = make_batch(config)
+  params = random_params(config, batch)
+  out = jax.jit(model_lib.MuJo(config).apply)({"params": params}, batch)
+  assert set(out) == {"imu", "pose", "video", "text"}
+  for modality, emb in out.items():
+    assert emb.shape == (B, 256), modality
+    assert emb.dtype == jnp.float32, modality
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-5)
+  # Different inputs give different embeddings (the towers are not constant).
+  assert not np.allclose(out["imu"][0], out["imu"][1], atol=1e-3)
+
+
+def _dot_dtypes(jaxpr) -> list:
+  """Operand dtypes of every dot_general in a (nested) jaxpr."""
+  found = []
+  for eqn in _equations(jaxpr):
+    if eqn.primitive.name == "dot_general":
+      found.append(tuple(v.aval.dtype for v in eqn.invars))
+  return found
+
+
+def _equations(jaxpr):
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+        if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+          yield from _equations(sub)
+
+
+def test_bfloat16_computes_in_bf16_with_float32_params_and_outputs(tiny):
+  _, batch, params_f32, apply_f32 = tiny
+  bf16 = tiny_config(dtype="bfloat16")
+  model = model_lib.MuJo(bf16)
+  shapes = param_shapes(bf16, batch)
+  assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+  assert {x.dtype for x in jax.tree.leaves(params_f32)} == {jnp.dtype(jnp.float32)}
+  out = jax.jit(model.apply)({"params": params_f32}, batch)
+  for emb in out.values():
+    assert emb.dtype == jnp.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-5)
+  dots = _dot_dtypes(jax.make_jaxpr(model.apply)({"params": params_f32}, batch))
+  assert dots and all(d == (jnp.bfloat16, jnp.bfloat16) for d in dots), dots
+  # Same parameters in float32 give nearly the same embeddings.
+  ref = apply_f32({"params": params_f32}, batch)
+  for modality in out:
+    cosine = np.sum(np.asarray(out[modality]) * np.asarray(ref[modality]), axis=-1)
+    assert np.all(cosine > 0.99), (modality, cosine)
+
+
+def test_text_padding_is_masked(tiny):
+  config, batch, params, apply = tiny
+  embed = lambda b: apply({"params": params}, b, modalities=("text",))["text"]
+  batch = dict(batch, text_len=np.array([5, 1], np.int32))
+  base = np.asarray(embed(batch))
+
+  padded = batch["text_ids"].copy()
+  padded[0, 5:] = 7               # beyond text_len: padding
+  padded[1, 1:] = 3               # text_len 1: only the tokenizer's [CLS], all padding
+  padded[:, 0] = 9                # the tokenizer's [CLS] is dropped by the tower
+  np.testing.assert_allclose(embed(dict(batch, text_ids=padded)), base, atol=1e-6)
+
+  real = batch["text_ids"].copy()
+  real[0, 4] = (real[0, 4] % (config.vocab_size - 1)) + 1    # last real token
+  changed = np.asarray(embed(dict(batch, text_ids=real)))
+  assert not np.allclose(changed[0], base[0], atol=1e-4)
+  np.testing.assert_allclose(changed[1], base[1], atol=1e-6)
+
+  # Longer text_len lets the former padding in; text_len 0 (dropped text) stays finite.
+  longer = np.asarray(embed(dict(batch, text_ids=padded, text_len=np.array([6, 0], np.int32))))
+  assert not np.allclose(longer[0], base[0], atol=1e-4)
+  assert np.all(np.isfinite(longer))
+
+
+def test_patchify_groups_consecutive_steps():
+  imu = np.arange(2 * 250 * 6).reshape(2, 250, 6)
+  patches = np.asarray(model_lib.patchify(jnp.asarray(imu), 10))
+  assert patches.shape == (2, 25, 60)
+  b, t, c = np.meshgrid(np.arange(2), np.arange(250), np.arange(6), indexing="ij")
+  np.testing.assert_array_equal(patches[b, t // 10, (t % 10) * 6 + c], imu)
+  np.testing.assert_array_equal(patches[1, 3], imu[1, 30:40].reshape(-1))
+
+  pose = np.arange(125 * 17 * 3).reshape(1, 125, 17, 3)
+  patches = np.asarray(model_lib.patchify(jnp.asarray(pose), 5))
+  assert patches.shape == (1, 25, 255)
+  np.testing.assert_array_equal(patches[0, 7].reshape(5, 17, 3), pose[0, 35:40])
+  with pytest.raises(ValueError, match="not divisible"):
+    model_lib.patchify(jnp.zeros((1, 251, 6)), 10)
+
+
+def test_towers_are_configurable():
+  config = tiny_config(modalities=("imu", "text"))
+  config.towers.text.depth = 2
+  config.towers.text.width = 48
+  batch = make_batch(config)
+  for key in ("pose", "video"):
+    del batch[key]     # not needed by the enabled towers
+  params = random_params(config, batch)
+  assert set(params) == {"imu", "text", "log_logit_scale"}
+  assert set(params["imu"]["encoder"]) == {"block_0"}
+  assert set(params["text"]["encoder"]) == {"block_0", "block_1"}
+  assert params["imu"]["input_proj"]["kernel"].shape == (60, 32)
+  assert params["text"]["token_embedding"]["embedding"].shape == (50, 48)
+  model = model_lib.MuJo(config)
+  apply = jax.jit(model.apply, static_argnames="modalities")
+  out = apply({"params": params}, batch)
+  assert {k: v.shape for k, v in out.items()} == {"imu": (B, 16), "text": (B, 16)}
+  only_imu = apply({"params": params}, batch, modalities=("imu",))
+  assert set(only_imu) == {"imu"}
+  np.testing.assert_allclose(only_imu["imu"], out["imu"], atol=1e-6)
+  with pytest.raises(ValueError, match="not enabled"):
+    jax.eval_shape(functools.partial(model.apply, modalities=("pose",)), {"params": params}, batch)
+
+  # Other patching / lengths, e.g. 4 s IMU windows at 50 Hz in 20-sample patches.
+  config = tiny_config(modalities=("imu",), imu_len=200, imu_patch=20)
+  params = param_shapes(config, make_batch(config))
+  assert params["imu"]["pos_embedding"].shape == (1, 10, 32)
+  assert params["imu"]["input_proj"]["kernel"].shape == (120, 32)
+
+
+def test_base_param_count_matches_formula():
+  config = model_lib.default_model_config()
+  shapes = param_shapes(config, make_batch(config))
+  w, m, e, depth, vocab = 256, 1024, 256, 4, 30522
+  block = 2 * 2 * w + 3 * (w * w + w) + (w * w + w) + (w * m + m) + (m * w + w)
+  common = w + depth * block + 2 * w + w * e          # cls, blocks, final norm, head (no bias)
+  expected = {
+      "imu": (60 * w + w) + 25 * w + common,          # input_proj, pos_embedding
+      "pose": (255 * w + w) + 25 * w + common,
+      "video": (1536 * w + w) + 8 * w + common,
+      "text": vocab * w + 63 * w + common,
+  }
+  counts = {k: model_lib.param_count(v) for k, v in shapes.items()}
+  assert counts == dict(expected, log_logit_scale=1)
+  assert model_lib.param_count(shapes) == sum(expected.values()) + 1 == 21_220_609
+
+
+def test_parameter_paths_fit_the_no_decay_regex():
+  """Exactly the matmul kernels get weight decay under the trainer's default regex."""
+  config = tiny_config()
+  shapes = param_shapes(config, make_batch(config))
+  paths = ["/".join(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(
+      shapes)[0]]
+  no_decay = re.compile(r".*(bias|scale|embedding|pos_embedding|cls|log_logit_scale).*")
+  decayed = {p for p in paths if not no_decay.fullmatch(p)}
+  assert decayed == {p for p in paths if p.endswith("/kernel")}
+  assert "text/token_embedding/embedding" in paths and "imu/pos_embedding" in paths
+  assert "pose/encoder/block_0/norm_mlp/scale" in paths and "video/cls" in paths
+
+
+def test_logit_scale_init_and_cap(tiny):
+  config, _, params, _ = tiny
+  model = model_lib.MuJo(config)
+  assert params["log_logit_scale"].shape == ()
+  np.testing.assert_allclose(model_lib.logit_scale(params, config), 1 / 0.07, rtol=1e-5)
+  np.testing.assert_allclose(model.apply({"params": params}, method=model.logit_scale),
+                             1 / 0.07, rtol=1e-5)
+  capped = dict(params, log_logit_scale=jnp.float32(math.log(500.0)))
+  assert float(model_lib.logit_scale(capped, config)) == 100.0
+  grad = jax.grad(lambda p: model_lib.logit_scale(p, config))(capped)["log_logit_scale"]
+  assert float(grad) == 0.0
+
+
+def test_gradients_are_finite_and_reach_every_tower(tiny):
+  config, batch, params, _ = tiny
+  model = model_lib.MuJo(config)
+
+  def loss(p):
+    out = model.apply({"params": p}, batch)
+    return sum(jnp.sum(out[a] * out[b]) for a in out for b in out if a < b)
+
+  grads = jax.jit(jax.grad(loss))(params)
+  for modality in model_lib.MODALITIES:
+    norms = jax.tree.map(lambda g: float(jnp.linalg.norm(g)), grads[modality])
+    assert all(np.isfinite(n) for n in jax.tree.leaves(norms))
+    assert norms["encoder"]["block_0"]["mlp_in"]["kernel"] > 0, modality
+
+
+def _matmul_flops(jaxpr) -> int:
+  """2 * output size * contracted size, summed over every dot_general."""
+  total = 0
+  for eqn in _equations(jaxpr):
+    if eqn.primitive.name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contract)
+  return total
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    dict(width=48, depth=3, num_heads=3, mlp_dim=80, embed_dim=24, imu_patch=25,
+         pose_patch=25, video_len=5, video_dim=40, text_len=20),
+])
+def test_analytic_flops_match_the_traced_matmuls(overrides):
+  config = tiny_config(**overrides)
+  config.towers.video.depth = 2
+  config.towers.text.mlp_dim = 100
+  batch = make_batch(config, batch_size=1)
+  model = model_lib.MuJo(config)
+  params = param_shapes(config, batch)
+  flops = model_lib.analytic_flops(config)
+  for modality in model_lib.MODALITIES:
+    jaxpr = jax.make_jaxpr(lambda p, b: model.apply({"params": p}, b, modalities=(modality,)))(
+        params, batch)
+    assert flops[modality] == _matmul_flops(jaxpr), modality
+  assert flops["total"] == sum(flops[m] for m in model_lib.MODALITIES)
+
+
+def test_analytic_flops_close_to_xla_cost_analysis():
+  """XLA also counts elementwise work (norms, GELU, softmax): a few % more."""
+  config = tiny_config(width=64, depth=2, num_heads=4, mlp_dim=256)
+  batch = make_batch(config, batch_size=4)
+  model = model_lib.MuJo(config)
+  params = param_shapes(config, batch)
+  flops = model_lib.analytic_flops(config)
+  for modality in ("imu", "text"):
+    fn = jax.jit(lambda p, b: model.apply({"params": p}, b, modalities=(modality,)))
+    analysis = fn.lower(params, batch).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+      analysis = analysis[0]
+    per_example = analysis["flops"] / 4
+    assert 0.95 < flops[modality] / per_example <= 1.0, (modality, flops[modality], per_example)
+
+
+def test_base_analytic_flops_by_hand():
+  flops = model_lib.analytic_flops(model_lib.default_model_config())
+  w, m = 256, 1024
+
+  def tower(tokens, in_features):
+    n = tokens + 1
+    block = 2 * n * w * 3 * w + 4 * n * n * w + 2 * n * w * w + 4 * n * w * m
+    return 2 * tokens * in_features * w + 4 * block + 2 * w * 256
+
+  assert flops["imu"] == tower(25, 60)
+  assert flops["pose"] == tower(25, 255)
+  assert flops["video"] == tower(8, 1536)
+  assert flops["text"] == tower(63, 0)
+  assert flops["total"] == pytest.approx(0.8199e9, rel=1e-4)
+
+
+def test_encoder_key_mask_equals_key_lengths():
+  """Both padding forms hide the same keys; real tokens never see padded ones."""
+  encoder = model_lib.Encoder(depth=1, num_heads=2, mlp_dim=16)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  lengths = jnp.array([3, 5])
+  mask = jnp.arange(5)[None, :] < lengths[:, None]
+
+  @jax.jit
+  def run(x):   # one compilation for all four variants
+    params = encoder.init(jax.random.key(1), x)
+    return (encoder.apply(params, x, key_mask=mask), encoder.apply(params, x, key_lengths=lengths),
+            encoder.apply(params, x.at[0, 3:].set(7.0), key_mask=mask), encoder.apply(params, x))
+
+  by_mask, by_lengths, changed, unmasked = run(x)
+  np.testing.assert_allclose(by_mask, by_lengths, atol=1e-6)
+  np.testing.assert_allclose(changed[0, :3], by_mask[0, :3], atol=1e-6)
+  assert not np.allclose(unmasked, by_mask, atol=1e-4)
