@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -125,3 +127,28 @@ def test_main_job_smoke_run_writes_metrics_checkpoints_and_events(demo_dir, tmp_
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   assert "step 4/4" in out.stderr
   assert json.loads((workdir / "config.json").read_text())["model"]["width"] == 32
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(demo_dir, tmp_path):
+  workdir = tmp_path / "preempted"
+  cmd = [sys.executable, "-m", "mujo_jax.main", "--config=configs/pretrain.py:demo",
+         f"--config.data.dir={demo_dir}", "--config.total_steps=100000", "--config.log_every=1",
+         "--config.eval_every=0", "--config.checkpoint_every=100000", "--config.batch_size=16",
+         "--config.data.num_workers=0", "--config.model.depth=1", "--config.model.width=32",
+         "--config.model.mlp_dim=64", "--config.model.num_heads=2", f"--workdir={workdir}"]
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  metrics = workdir / "metrics.jsonl"
+  for _ in range(1200):  # until a few steps have run (at most 2 minutes)
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    if proc.poll() is not None:
+      break
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert "stopped early at step" in err
+  saved = [int(s) for s in os.listdir(workdir / "checkpoints")]
+  assert len(saved) == 1 and 3 <= saved[0] < 100000
