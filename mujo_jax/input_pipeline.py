@@ -219,55 +219,59 @@ class _SequentialShardIterator(grain.DatasetIterator):
     self._records = None
 
 
-def _parse(info: records.DatasetInfo, where_fn):
-  def parse(elements):
-    elements = [e for e in elements if e[1] is not None]
-    return records.decode_batch(info, [p for _, p in elements],
-                                where=lambda i: where_fn(elements[i][0]))
-  return parse
+def choose_imu_locations(location_mask: np.ndarray, rng: np.random.Generator,
+                         config: AugmentConfig, info: records.DatasetInfo) -> np.ndarray:
+  """[B, S] real-location mask -> [B] one allowed location per example, uniformly (-1: none)."""
+  allowed = np.asarray(location_mask, bool)
+  if config.imu_locations != "random":
+    names = ((config.imu_locations,) if isinstance(config.imu_locations, str)
+             else tuple(config.imu_locations))
+    unknown = sorted(set(names) - set(info.imu_locations))
+    if unknown:
+      raise ValueError(f"unknown IMU locations {unknown}; the dataset has {info.imu_locations}")
+    allowed = allowed & np.isin(np.asarray(info.imu_locations), names)[None, :]
+  keys = np.where(allowed, rng.random(allowed.shape), -1.0)
+  return np.where(allowed.any(axis=1), keys.argmax(axis=1), -1).astype(np.int32)
 
 
 def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
-            config: AugmentConfig, info: records.DatasetInfo) -> dict[str, np.ndarray]:
-  """Applies AugmentConfig to one parsed batch (see its docstring)."""
+            config: AugmentConfig) -> dict[str, np.ndarray]:
+  """Modality dropout on a parsed batch (see AugmentConfig)."""
+  if config.modality_dropout <= 0:
+    return batch
   batch = dict(batch)
   n = len(batch["label"])
-  if config.imu_locations != "all":
-    allowed = np.asarray(batch["imu_location_mask"], bool)
-    if config.imu_locations != "random":
-      names = ((config.imu_locations,) if isinstance(config.imu_locations, str)
-               else tuple(config.imu_locations))
-      unknown = sorted(set(names) - set(info.imu_locations))
-      if unknown:
-        raise ValueError(f"unknown IMU locations {unknown}; the dataset has {info.imu_locations}")
-      allowed &= np.isin(np.asarray(info.imu_locations), names)[None, :]
-    has_any = allowed.any(axis=1)
-    # Uniform choice among allowed locations: argmax of masked random keys.
-    keys = np.where(allowed, rng.random(allowed.shape), -1.0)
-    location = keys.argmax(axis=1).astype(np.int32)
-    batch["imu"] = batch["imu"][np.arange(n), location]
-    batch["imu_location"] = location
-    mask = batch["modality_mask"].copy()
-    mask[:, 0] &= has_any
-    batch["modality_mask"] = mask
-  if config.modality_dropout > 0:
-    mask = batch["modality_mask"].astype(bool)
-    drop = rng.random(mask.shape) < config.modality_dropout
-    kept = mask & ~drop
-    # Where fewer than two would remain, keep the two present ones with the
-    # lowest random keys (i.e. undo the dropout just enough).
-    keys = np.where(mask, rng.random(mask.shape), np.inf)
-    rank = keys.argsort(axis=1).argsort(axis=1)
-    rescue = (kept.sum(axis=1) < 2)[:, None] & mask & (rank < 2)
-    new_mask = kept | rescue
-    for j, key in enumerate(("imu", "pose", "video", "text_ids")):
-      hidden = mask[:, j] & ~new_mask[:, j]
-      if hidden.any():
-        batch[key] = np.where(hidden.reshape((n,) + (1,) * (batch[key].ndim - 1)),
-                              np.zeros((), batch[key].dtype), batch[key])
-    batch["text_len"] = np.where(new_mask[:, 3], batch["text_len"], 0).astype(np.int32)
-    batch["modality_mask"] = new_mask.astype(np.int32)
+  mask = batch["modality_mask"].astype(bool)
+  drop = rng.random(mask.shape) < config.modality_dropout
+  kept = mask & ~drop
+  # Where fewer than two would remain, keep the two present ones with the
+  # lowest random keys (i.e. undo the dropout just enough).
+  keys = np.where(mask, rng.random(mask.shape), np.inf)
+  rank = keys.argsort(axis=1).argsort(axis=1)
+  rescue = (kept.sum(axis=1) < 2)[:, None] & mask & (rank < 2)
+  new_mask = kept | rescue
+  for j, key in enumerate(("imu", "pose", "video", "text_ids")):
+    hidden = mask[:, j] & ~new_mask[:, j]
+    if hidden.any():
+      batch[key] = np.where(hidden.reshape((n,) + (1,) * (batch[key].ndim - 1)),
+                            np.zeros((), batch[key].dtype), batch[key])
+  batch["text_len"] = np.where(new_mask[:, 3], batch["text_len"], 0).astype(np.int32)
+  batch["modality_mask"] = new_mask.astype(np.int32)
   return batch
+
+
+def parse_and_augment(elements, rng: np.random.Generator, info: records.DatasetInfo,
+                      config: AugmentConfig, where_fn) -> dict[str, np.ndarray]:
+  """A list of (key, payload) -> one augmented batch; None payloads (skipped
+  corrupt records) are left out. The IMU location is chosen before decoding so
+  that only that location's samples are copied."""
+  elements = [e for e in elements if e[1] is not None]
+  choose = None
+  if config.imu_locations != "all":
+    choose = lambda mask: choose_imu_locations(mask, rng, config, info)
+  batch = records.decode_batch(info, [p for _, p in elements],
+                               where=lambda i: where_fn(elements[i][0]), imu_location=choose)
+  return augment(batch, rng, config)
 
 
 def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
@@ -275,7 +279,8 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
                  drop_remainder: bool = True,
                  augment_config: AugmentConfig = AugmentConfig(),
                  process_index: int | None = None, process_count: int | None = None,
-                 skip_corrupt: bool = False, shuffle_window: int = 4096) -> grain.IterDataset:
+                 skip_corrupt: bool = False, shuffle_window: int = 4096,
+                 read_threads: int = 2) -> grain.IterDataset:
   """Builds this process's pipeline for one split; `batch_size` is per process.
 
   Each process reads a disjoint slice of the split (hosts of a pod never see
@@ -286,8 +291,8 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
   paths = info.shard_paths(data_dir, split)
   if process_index is None:
     process_index, process_count = jax.process_index(), jax.process_count()
-  parse = lambda src: _parse(info, src)
-  augment_fn = lambda b, rng: augment(b, rng, augment_config, info)
+  parse = lambda where_fn: (lambda elements, rng: parse_and_augment(
+      elements, rng, info, augment_config, where_fn))
   indexed = all(os.path.exists(tfrecord.index_path(p)) for p in paths)
   if indexed:
     source = IndexedShardSource(paths, skip_corrupt=skip_corrupt)
@@ -295,11 +300,13 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
         grain.MapDataset.source(source), batch_size=batch_size, seed=seed, shuffle=shuffle,
         process_index=process_index, process_count=process_count, num_epochs=num_epochs,
         drop_remainder=drop_remainder and not skip_corrupt)
-    ds = ds.map(parse(source.describe))
+    # Elements are whole batches: a couple of reader threads and a short buffer
+    # (Grain's defaults, 16 threads and 500 elements, are sized for examples).
+    ds = ds.random_map(parse(source.describe), seed=seed).to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
     if not skip_corrupt:
-      return ds.random_map(augment_fn, seed=seed).to_iter_dataset()
+      return ds
     # Dropped records make batches short; rebatch restores the exact size.
-    ds = ds.to_iter_dataset()
   else:
     missing = [p for p in paths if not os.path.exists(tfrecord.index_path(p))]
     logging.warning("%d shard(s) of %s have no index (e.g. %s): reading sequentially with a "
@@ -315,10 +322,10 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
       ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
     if num_epochs != 1:
       ds = grain.experimental.RepeatIterDataset(ds, num_epochs=num_epochs)
-    ds = ds.batch(batch_size, drop_remainder=False, batch_fn=parse(str))
-  ds = grain.experimental.RebatchIterDataset(ds, batch_size=batch_size,
-                                             drop_remainder=drop_remainder)
-  return ds.random_map(augment_fn, seed=seed)
+    ds = ds.batch(batch_size, drop_remainder=False, batch_fn=list)
+    ds = ds.random_map(parse(str), seed=seed)
+  return grain.experimental.RebatchIterDataset(ds, batch_size=batch_size,
+                                              drop_remainder=drop_remainder)
 
 
 def make_iterator(ds: grain.IterDataset, num_workers: int = 0,

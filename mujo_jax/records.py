@@ -252,22 +252,25 @@ def encode_example(info: DatasetInfo, example: Mapping[str, Any]) -> bytes:
 
 
 def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
-                 where: Callable[[int], str] | None = None) -> dict[str, np.ndarray]:
+                 where: Callable[[int], str] | None = None,
+                 imu_location: Callable[[np.ndarray], np.ndarray] | None = None
+                 ) -> dict[str, np.ndarray]:
   """Parses serialised examples into a dict of batched arrays.
 
   `where(i)` says where payload i came from (shard and offset) for errors; it is
   called only on error. Missing modalities come back as zeros, modality_mask 0.
+  `imu_location`, if given, maps the batch's imu_location_mask [B, S] to one
+  location per example [B] (-1: none); then only that location is copied, `imu`
+  is [B, T, 6] and `imu_location` [B] is added (a modality_mask of 0 where -1).
+  Copying one location instead of all S matters: fresh memory is what the
+  pipeline spends most of its time on.
   """
   specs = info.array_specs()
   num_loc = len(info.imu_locations)
   n = len(payloads)
-  # Filled row by row straight from each record's bytes: one copy per field.
-  batch = {k: np.zeros((n,) + s.shape, s.dtype) for k, s in specs.items()}
-  rows = {k: v.reshape(n, -1) for k, v in batch.items()}
-  nbytes = {k: s.nbytes for k, s in specs.items()}
   ints = {"text_len": [], "label": [], "window_index": [], "modality_mask": [],
           "imu_location_mask": []}
-  clip_ids = []
+  clip_ids, features = [], []
   for i, payload in enumerate(payloads):
     try:
       fmap = tf_example_pb2.Example.FromString(payload).features.feature
@@ -287,8 +290,25 @@ def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
                               f"{len(MODALITIES)}/{num_loc}")
     ints["modality_mask"].append(mask)
     ints["imu_location_mask"].append(loc_mask)
-    for key, present in zip(specs, mask):
-      if not present:
+    ints["text_len"].append(fmap["text_len"].int64_list.value[0] if mask[3] else 0)
+    features.append(fmap)
+  widths = {"modality_mask": (len(MODALITIES),), "imu_location_mask": (num_loc,)}
+  batch = {k: np.asarray(v, np.int32).reshape((n,) + widths.get(k, ())) for k, v in ints.items()}
+  shapes = {k: s.shape for k, s in specs.items()}
+  location = None
+  if imu_location is not None:
+    location = np.asarray(imu_location(batch["imu_location_mask"]), np.int32)
+    batch["imu_location"] = location
+    batch["modality_mask"][:, 0] &= location >= 0
+    shapes["imu"] = specs["imu"].shape[1:]
+  # Filled row by row straight from each record's bytes: one copy per field.
+  arrays = {k: np.zeros((n,) + shapes[k], specs[k].dtype) for k in specs}
+  rows = {k: v.reshape(n, -1) for k, v in arrays.items()}
+  nbytes = {k: s.nbytes for k, s in specs.items()}
+  present = batch["modality_mask"]
+  for i, fmap in enumerate(features):
+    for j, key in enumerate(specs):
+      if not present[i, j]:
         continue
       values = fmap[key].bytes_list.value if key in fmap else ()
       value = values[0] if len(values) else None
@@ -297,9 +317,11 @@ def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
         raise RecordFormatError(
             f"{_where(where, i)}: field {key!r} has {got}, expected {nbytes[key]} bytes "
             f"({specs[key].dtype} {list(specs[key].shape)} per dataset_info.json)")
-      rows[key][i] = np.frombuffer(value, specs[key].dtype)
-    ints["text_len"].append(fmap["text_len"].int64_list.value[0] if mask[3] else 0)
-  batch.update({k: np.asarray(v, np.int32) for k, v in ints.items()})
+      flat = np.frombuffer(value, specs[key].dtype)
+      if key == "imu" and location is not None:
+        flat = flat.reshape(num_loc, -1)[location[i]]
+      rows[key][i] = flat
+  batch.update(arrays)
   batch["clip_id"] = np.asarray(clip_ids, dtype=object)
   return batch
 

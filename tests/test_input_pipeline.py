@@ -84,23 +84,30 @@ def test_augment_picks_only_real_locations_and_keeps_pairs():
   for i, ex in enumerate(exs):
     ex["imu_location_mask"] = [0, 1, 1] if i % 2 else [1, 0, 0]
     ex["imu"][:, 0, 0] = np.arange(3)  # location id in sample 0
-  batch = records.decode_batch(info, [records.encode_example(info, e) for e in exs])
-  out = ip.augment(batch, np.random.default_rng(1),
-                   ip.AugmentConfig("random", modality_dropout=0.7), info)
+  elements = [(i, records.encode_example(info, e)) for i, e in enumerate(exs)]
+  parse = lambda config, seed=1: ip.parse_and_augment(elements, np.random.default_rng(seed),
+                                                       info, config, str)
+  out = parse(ip.AugmentConfig("random", modality_dropout=0.7))
   loc = out["imu_location"]
   assert out["imu"].shape == (200, 20, 6)
   assert set(loc[0::2]) == {0} and set(loc[1::2]) == {1, 2}
   kept_imu = out["modality_mask"][:, 0] == 1
   np.testing.assert_array_equal(out["imu"][kept_imu, 0, 0], loc[kept_imu])
+  np.testing.assert_array_equal(out["imu"][:, 1:], [e["imu"][l, 1:] if k else 0 * e["imu"][0, 1:]
+                                                    for e, l, k in zip(exs, loc, kept_imu)])
   assert (out["modality_mask"].sum(axis=1) >= 2).all()
   dropped = out["modality_mask"] == 0
   assert 0.4 < dropped.mean() < 0.6  # 0.7 asked, less where pairs were rescued
   assert not out["video"][dropped[:, 2]].any() and not out["text_len"][dropped[:, 3]].any()
-  fixed = ip.augment(batch, np.random.default_rng(1), ip.AugmentConfig(("pelvis",)), info)
+  fixed = parse(ip.AugmentConfig(("pelvis",)))
   assert set(fixed["imu_location"][1::2]) == {2}
-  np.testing.assert_array_equal(fixed["modality_mask"][0::2, 0], 0)  # no pelvis there
+  np.testing.assert_array_equal(fixed["imu_location"][0::2], -1)  # no pelvis there
+  np.testing.assert_array_equal(fixed["modality_mask"][0::2, 0], 0)
+  assert not fixed["imu"][0::2].any()
+  everything = parse(ip.AugmentConfig("all"))
+  assert everything["imu"].shape == (200, 3, 20, 6) and "imu_location" not in everything
   with pytest.raises(ValueError, match="unknown IMU locations"):
-    ip.augment(batch, np.random.default_rng(1), ip.AugmentConfig(("nose",)), info)
+    parse(ip.AugmentConfig(("nose",)))
 
 
 def _corrupt_one_record(data_dir):
