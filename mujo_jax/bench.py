@@ -9,6 +9,7 @@ reports it, and the compiler's own memory estimate.
 """
 
 import json
+import resource
 import time
 
 from absl import app
@@ -77,6 +78,8 @@ def main(argv):
       "gflops_per_example_fwd": round(forward / 1e9, 3),
       "peak_memory_gib": (round(stats["peak_bytes_in_use"] / 2**30, 2)
                           if "peak_bytes_in_use" in stats else None),
+      # CPU devices report no memory stats; the process's peak RSS bounds it there.
+      "peak_host_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
       "compiled_temp_gib": (round(analysis.temp_size_in_bytes / 2**30, 3)
                             if analysis is not None else None),
       "compile_s": round(compile_s, 1), "compute_dtype": trainer.model_config.dtype,
