@@ -1,0 +1,174 @@
+r"""Converts a pretraining checkpoint for PyTorch users.
+
+  python -m mujo_jax.export --workdir=PRETRAIN_WORKDIR --out=DIR [--step=N]
+
+writes DIR/model.safetensors (PyTorch state_dict names and layouts of
+mujo_jax/torch_mujo.py) and DIR/config.json (tower shapes and the preprocessing
+facts a user must reproduce: rates, window, patching, channel order, units,
+tokenizer). `MuJoEncoders.from_export(DIR)` loads them without JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mujo_jax import model as model_lib
+from mujo_jax import records
+
+# Also in torch_mujo.py, which must import without JAX (and this module without torch).
+EXPORT_FORMAT = "mujo_jax.torch/1"
+
+
+def load_pretrained(workdir: str, step: int | None = None):
+  """(config, params as numpy, step) of a pretraining workdir's checkpoint.
+
+  Checks the checkpoint's parameters against the shapes the workdir's
+  config.json implies, naming the first mismatches.
+  """
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"{config_path} not found: is {workdir} a mujo_jax pretraining workdir?")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
+  steps = manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise ValueError(f"no checkpoint of step {step} in {workdir}/checkpoints; have {sorted(steps)}")
+  # Restore onto one local device, whatever mesh the checkpoint was saved from.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        manager.item_metadata(step)["state"])
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  params = jax.tree.map(np.asarray, restored.state["params"])
+  manager.close()
+  model_config = config.model
+  expected = jax.eval_shape(
+      lambda: model_lib.MuJo(model_config).init(
+          jax.random.key(0), _dummy_inputs(model_config))["params"])
+  got = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(params)}
+  want = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(expected)}
+  if got != want:
+    diffs = sorted({k for k in set(got) | set(want) if got.get(k) != want.get(k)})
+    raise ValueError(
+        f"checkpoint of step {step} in {workdir} does not match its config.json (incompatible "
+        f"config?): " + "; ".join(f"{k}: checkpoint {got.get(k)}, config {want.get(k)}"
+                                  for k in diffs[:5]))
+  return config, params, step
+
+
+def _dummy_inputs(c):
+  return {"imu": np.zeros((1, c.imu_len, c.imu_channels), np.float32),
+          "pose": np.zeros((1, c.pose_len, c.num_joints, 3), np.float32),
+          "video": np.zeros((1, c.video_len, c.video_dim), np.float32),
+          "text_ids": np.zeros((1, c.text_len), np.int32), "text_len": np.ones((1,), np.int32)}
+
+
+def torch_state_dict(params, model_config) -> dict[str, np.ndarray]:
+  """Flax parameter tree -> PyTorch names and layouts (Linear weights are [out, in])."""
+  linear = lambda p: {"weight": p["kernel"].reshape(p["kernel"].shape[0], -1).T}
+  state = {"log_logit_scale": np.asarray(params["log_logit_scale"], np.float32)}
+  for m in model_config.modalities:
+    tower, out = params[m], {}
+    if m == "text":
+      out["token_embedding.weight"] = tower["token_embedding"]["embedding"]
+    else:
+      out["input_proj.weight"] = tower["input_proj"]["kernel"].T
+      out["input_proj.bias"] = tower["input_proj"]["bias"]
+    out["pos_embedding"], out["cls"] = tower["pos_embedding"], tower["cls"]
+    for i in range(model_lib.tower_settings(model_config, m)["depth"]):
+      block, name = tower["encoder"][f"block_{i}"], f"blocks.{i}"
+      for norm in ("norm_attention", "norm_mlp"):
+        out[f"{name}.{norm}.weight"] = block[norm]["scale"]
+        out[f"{name}.{norm}.bias"] = block[norm]["bias"]
+      attention = block["attention"]
+      for proj in ("query", "key", "value"):
+        out[f"{name}.attention.{proj}.weight"] = linear(attention[proj])["weight"]
+        out[f"{name}.attention.{proj}.bias"] = attention[proj]["bias"].reshape(-1)
+      kernel = attention["out"]["kernel"]                       # [heads, head_dim, width]
+      out[f"{name}.attention.out.weight"] = kernel.reshape(-1, kernel.shape[-1]).T
+      out[f"{name}.attention.out.bias"] = attention["out"]["bias"]
+      for mlp in ("mlp_in", "mlp_out"):
+        out[f"{name}.{mlp}.weight"] = block[mlp]["kernel"].T
+        out[f"{name}.{mlp}.bias"] = block[mlp]["bias"]
+    out["norm_out.weight"], out["norm_out.bias"] = tower["norm_out"]["scale"], tower["norm_out"]["bias"]
+    out["head.weight"] = tower["head"]["kernel"].T
+    state.update({f"towers.{m}.{k}": v for k, v in out.items()})
+  return {k: np.array(v, np.float32, order="C") for k, v in state.items()}
+
+
+def export_config(config, step: int, workdir: str) -> dict:
+  """config.json: the towers' shapes and the preprocessing a user must reproduce."""
+  m = config.model
+  towers = {}
+  for modality in m.modalities:
+    s = model_lib.tower_settings(m, modality)
+    towers[modality] = {k: s[k] for k in ("width", "depth", "num_heads", "mlp_dim", "num_tokens",
+                                          "token_features", "patch_size", "vocab_size")}
+  info = None
+  info_path = os.path.join(config.data.dir, records.INFO_FILENAME)
+  if os.path.exists(info_path):
+    info = records.DatasetInfo.load(config.data.dir)
+  pre = {
+      "imu": {"input_shape": [m.imu_len, m.imu_channels], "patch_samples": m.imu_patch,
+              "rate_hz": info.imu_rate_hz if info else m.imu_len / 5.0,
+              "window_s": info.window_s if info else 5.0,
+              "channels": list(info.imu_channels if info else records.IMU_CHANNELS),
+              "units": dict(info.imu_units if info else records.IMU_UNITS),
+              "frame": "each sensor's own frame; one sensor location per example",
+              "trained_locations": list(info.imu_locations) if info else None},
+      "pose": {"input_shape": [m.pose_len, m.num_joints, 3], "patch_frames": m.pose_patch,
+               "rate_hz": info.pose_rate_hz if info else m.pose_len / 5.0,
+               "skeleton": info.skeleton if info else None,
+               "joint_names": list(info.joint_names) if info else None,
+               "units": "metres, root-relative"},
+      "video": {"input_shape": [m.video_len, m.video_dim],
+                "features": info.video_features if info else None},
+      "text": {"input_shape": [m.text_len], "tokenizer": info.tokenizer if info else None,
+               "vocab_size": m.vocab_size,
+               "text_len": "number of real tokens including [CLS] and [SEP]"},
+  }
+  return {"format": EXPORT_FORMAT, "modalities": list(m.modalities), "embed_dim": m.embed_dim,
+          "logit_scale_max": m.logit_scale_max, "towers": towers,
+          "preprocessing": {k: v for k, v in pre.items() if k in m.modalities},
+          "source": {"workdir": os.path.abspath(workdir), "step": step,
+                     "config_name": config.get("name", "")}}
+
+
+def export(workdir: str, out: str, step: int | None = None) -> str:
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  config, params, step = load_pretrained(workdir, step)
+  os.makedirs(out, exist_ok=True)
+  save_file(torch_state_dict(params, config.model), os.path.join(out, "model.safetensors"),
+            metadata={"format": EXPORT_FORMAT, "step": str(step)})
+  with open(os.path.join(out, "config.json"), "w") as f:
+    json.dump(export_config(config, step, workdir), f, indent=2)
+  return out
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Pretraining workdir (config.json + checkpoints/).")
+flags.DEFINE_string("out", None, "Output directory.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+
+
+def main(argv):
+  del argv
+  out = export(FLAGS.workdir, FLAGS.out, FLAGS.step)
+  print(f"wrote {out}/model.safetensors and {out}/config.json")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)
