@@ -82,17 +82,21 @@ def make_clip(task) -> list[dict]:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", None, "Where to write the dataset.", required=True)
-flags.DEFINE_integer("seed", 0, "Seed; the same seed gives the same bytes.")
-flags.DEFINE_integer("clips_per_exercise", 30, "Clips per exercise (train + val).")
-flags.DEFINE_float("val_fraction", 0.2, "Share of each exercise's clips in the val split.")
-flags.DEFINE_list("clip_seconds", ["15", "35"], "Clip duration range in seconds.")
-flags.DEFINE_list("imu_locations", list(virtual_imu.SENSOR_LOCATIONS), "Sensor locations.")
-flags.DEFINE_string("split_file", None,
-                    "Optional split file in FiMAD's format ({'train': [...], 'val': [...]}) "
-                    "naming every demo clip; by default one is made and written beside the data.")
-flags.DEFINE_integer("workers", None, "Worker processes (default: all CPUs).")
-flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
+
+
+def define_flags():
+  """Defined only when run as a program, so CLI modules import together cleanly."""
+  flags.DEFINE_string("out_dir", None, "Where to write the dataset.", required=True)
+  flags.DEFINE_integer("seed", 0, "Seed; the same seed gives the same bytes.")
+  flags.DEFINE_integer("clips_per_exercise", 30, "Clips per exercise (train + val).")
+  flags.DEFINE_float("val_fraction", 0.2, "Share of each exercise's clips in the val split.")
+  flags.DEFINE_list("clip_seconds", ["15", "35"], "Clip duration range in seconds.")
+  flags.DEFINE_list("imu_locations", list(virtual_imu.SENSOR_LOCATIONS), "Sensor locations.")
+  flags.DEFINE_string("split_file", None,
+                      "Optional split file in FiMAD's format ({'train': [...], 'val': [...]}) "
+                      "naming every demo clip; by default one is made and written beside the data.")
+  flags.DEFINE_integer("workers", None, "Worker processes (default: all CPUs).")
+  flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
 
 
 def build(out_dir: str, seed: int = 0, clips_per_exercise: int = 30, val_fraction: float = 0.2,
@@ -149,4 +153,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

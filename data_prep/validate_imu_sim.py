@@ -371,14 +371,18 @@ def format_table(result: dict) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("utd_mhad_dir", "../shared/data/utd_mhad", "UTD-MHAD root (Inertial/, "
-                    "Skeleton/).")
-flags.DEFINE_string("out", "validation.json", "Where to write the JSON results.")
-flags.DEFINE_float("smoothing_s", SMOOTHING_S, "Simulator Savitzky-Golay window (s).")
-flags.DEFINE_float("max_lag_s", MAX_LAG_S, "Largest lag searched (s).")
-flags.DEFINE_integer("seed", 0, "Seed of the mispaired control.")
-flags.DEFINE_integer("workers", None, "Worker processes (default: up to 2).")
-flags.DEFINE_list("subjects", None, "Only these subjects (default: all).")
+
+
+def define_flags():
+  """Defined only when run as a program, so CLI modules import together cleanly."""
+  flags.DEFINE_string("utd_mhad_dir", "../shared/data/utd_mhad", "UTD-MHAD root (Inertial/, "
+                      "Skeleton/).")
+  flags.DEFINE_string("out", "validation.json", "Where to write the JSON results.")
+  flags.DEFINE_float("smoothing_s", SMOOTHING_S, "Simulator Savitzky-Golay window (s).")
+  flags.DEFINE_float("max_lag_s", MAX_LAG_S, "Largest lag searched (s).")
+  flags.DEFINE_integer("seed", 0, "Seed of the mispaired control.")
+  flags.DEFINE_integer("workers", None, "Worker processes (default: up to 2).")
+  flags.DEFINE_list("subjects", None, "Only these subjects (default: all).")
 
 
 def main(argv):
@@ -396,4 +400,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -19,14 +19,18 @@ from mujo_jax import input_pipeline
 from mujo_jax import records
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "FiMAD-format dataset directory.", required=True)
-flags.DEFINE_string("split", "train", "Split to read.")
-flags.DEFINE_integer("batch_size", 256, "Per-process batch size.")
-flags.DEFINE_list("num_workers", ["0", "1", "2"], "Worker process counts to measure.")
-flags.DEFINE_integer("warmup", 20, "Batches skipped before timing (more than the prefetch buffer holds).")
-flags.DEFINE_integer("window", 10, "Batches per timing window.")
-flags.DEFINE_integer("windows", 5, "Timing windows per worker count.")
-flags.DEFINE_string("imu_locations", "random", "'all', 'random' or comma-separated names.")
+
+
+def define_flags():
+  """Defined only when run as a program, so CLI modules import together cleanly."""
+  flags.DEFINE_string("data_dir", None, "FiMAD-format dataset directory.", required=True)
+  flags.DEFINE_string("split", "train", "Split to read.")
+  flags.DEFINE_integer("batch_size", 256, "Per-process batch size.")
+  flags.DEFINE_list("num_workers", ["0", "1", "2"], "Worker process counts to measure.")
+  flags.DEFINE_integer("warmup", 20, "Batches skipped before timing (more than the prefetch buffer holds).")
+  flags.DEFINE_integer("window", 10, "Batches per timing window.")
+  flags.DEFINE_integer("windows", 5, "Timing windows per worker count.")
+  flags.DEFINE_string("imu_locations", "random", "'all', 'random' or comma-separated names.")
 
 
 def measure(num_workers: int) -> dict:
@@ -76,4 +80,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -158,9 +158,13 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Pretraining workdir (config.json + checkpoints/).")
-flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+
+
+def define_flags():
+  """Defined only when run as a program, so CLI modules import together cleanly."""
+  flags.DEFINE_string("workdir", None, "Pretraining workdir (config.json + checkpoints/).")
+  flags.DEFINE_string("out", None, "Output directory.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 
 
 def main(argv):
@@ -170,5 +174,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["workdir", "out"])
   app.run(main)
