@@ -34,9 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-# Same order as records.MODALITIES (kept local so this module does not pull in
-# the record format's protobuf dependencies); pairs follow this order.
-MODALITY_ORDER = ("imu", "pose", "video", "text")
+from mujo_jax.modalities import MODALITIES
+
 STRATEGIES = ("all_pairs", "random_pair", "round_robin", "imu_anchored")
 
 # Logit given to masked-out columns: far below any real logit (|scale * cos| <=
@@ -163,10 +162,10 @@ def contrastive_loss(embeddings: Mapping[str, jax.Array], masks: Mapping[str, ja
 
 
 def _canonical(modalities: Sequence[str]) -> tuple[str, ...]:
-  unknown = set(modalities) - set(MODALITY_ORDER)
+  unknown = set(modalities) - set(MODALITIES)
   if unknown:
-    raise ValueError(f"unknown modalities {sorted(unknown)}; known: {MODALITY_ORDER}")
-  return tuple(m for m in MODALITY_ORDER if m in modalities)
+    raise ValueError(f"unknown modalities {sorted(unknown)}; known: {MODALITIES}")
+  return tuple(m for m in MODALITIES if m in modalities)
 
 
 def all_pairs(modalities: Sequence[str]) -> tuple[tuple[str, str], ...]:

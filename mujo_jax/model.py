@@ -37,7 +37,8 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-MODALITIES = ("imu", "pose", "video", "text")
+from mujo_jax.modalities import MODALITIES
+
 # Batch key holding each tower's input.
 INPUT_KEYS = {"imu": "imu", "pose": "pose", "video": "video", "text": "text_ids"}
 # Transformer sizes that `config.towers.<modality>.<field>` may override.

@@ -37,9 +37,10 @@ import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 from tensorflow_datasets.proto import tf_feature_pb2
 
+from mujo_jax.modalities import MODALITIES
+
 FORMAT_VERSION = 1
 INFO_FILENAME = "dataset_info.json"
-MODALITIES = ("imu", "pose", "video", "text")
 IMU_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z")
 IMU_UNITS = {"acc": "m/s^2 (specific force, gravity included)", "gyr": "rad/s"}
 SIGNAL_DTYPE = np.dtype("<f2")

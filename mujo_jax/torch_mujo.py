@@ -23,7 +23,6 @@ from torch import nn
 from torch.nn import functional as F
 
 EXPORT_FORMAT = "mujo_jax.torch/1"
-MODALITIES = ("imu", "pose", "video", "text")
 
 
 class Attention(nn.Module):

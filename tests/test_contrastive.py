@@ -13,7 +13,6 @@ from jax.sharding import PartitionSpec as P
 from scipy.special import logsumexp
 
 from mujo_jax import contrastive
-from mujo_jax import records
 
 N, D = 32, 8  # 8 devices -> 4 rows each; D != N so HLO shapes are unambiguous.
 ALL_PAIRS = (("imu", "pose"), ("imu", "video"), ("imu", "text"),
@@ -56,17 +55,13 @@ def mesh(request):
 def random_batch(seed=0):
   """Embeddings for all four modalities and masks with awkward patterns."""
   rng = np.random.default_rng(seed)
-  embeddings = {m: normalised(rng) for m in contrastive.MODALITY_ORDER}
-  masks = {m: rng.random(N) < 0.7 for m in contrastive.MODALITY_ORDER}
+  embeddings = {m: normalised(rng) for m in contrastive.MODALITIES}
+  masks = {m: rng.random(N) < 0.7 for m in contrastive.MODALITIES}
   masks["text"][8:12] = False  # device 2 holds no text: its text columns are all invalid
   masks["video"][:] = False
   masks["video"][[3, 17, 30]] = True  # a pair with only a few valid rows on few devices
   masks["pose"] = masks["pose"].astype(np.int32)  # 0/1 ints are accepted too
   return embeddings, masks
-
-
-def test_modality_order_matches_record_format():
-  assert contrastive.MODALITY_ORDER == records.MODALITIES
 
 
 @pytest.mark.parametrize("use_mask", [False, True])
