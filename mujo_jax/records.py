@@ -13,7 +13,7 @@ joined buffers), not a walk over a float_list:
   video         float16 [video_steps, video_dim]  per-step video features
   text_ids      int32   [text_len]                token ids, padded with pad_id
   text_len      int64                             number of real tokens
-  imu_location_mask int64 [S]                     1 where that sensor location is real data
+  imu_location_mask int64 [S]                     1 where that sensor location holds data (real or simulated)
   modality_mask int64   [4]                       imu, pose, video, text present (1) or not (0)
   label         int64                             class index, -1 if unknown
   clip_id       bytes
@@ -203,7 +203,7 @@ def _int_feature(values: Sequence[int]) -> tf_feature_pb2.Feature:
 def encode_example(info: DatasetInfo, example: Mapping[str, Any]) -> bytes:
   """Serialises one window. `example` holds the arrays of the modalities it has
   (any of imu, pose, video, text_ids+text_len), `label`, `clip_id`,
-  `window_index` and optionally `imu_location_mask` (default: all real)."""
+  `window_index` and optionally `imu_location_mask` (default: all available)."""
   clip_id = example.get("clip_id")
   if not clip_id:
     raise RecordFormatError("example has no clip_id")

@@ -1,0 +1,242 @@
+r"""Converts UTD-MHAD (real Kinect skeleton + real wearable IMU) to the record format.
+
+  python -m data_prep.convert_utd_mhad --utd_mhad_dir=../shared/data/utd_mhad --out_dir=/data/utd \
+      [--simulated_locations=true] [--splits="train:1,3,5;val:7;test:2,4,6,8"] \
+      [--subjects=1,2] [--actions=1,2,3] [--workers=N]
+
+One record per trial (clip_id aA_sS_tT, window_index 0, no video):
+  pose   the real Kinect v1 skeleton, kept as its 20 joints in KINECT_V1_20 order
+         (dataset_info: skeleton "kinect_v1_20" and its joint names; a model trained on this
+         needs config.num_joints = 20). Mapping to h36m17 would need a neck/nose joint Kinect
+         does not have, i.e. an invented joint. The skeleton is stretched over the inertial
+         recording (utd_mhad.aligned_fps: ~19 Hz, not the nominal 30), turned so that +z is up
+         (Kinect's camera y, utd_mhad.UP), spline-resampled to the 50 Hz grid of the inertial
+         samples, every 2nd sample kept (25 Hz), root-relative (hip_center).
+  imu    all 16 sensor locations, so models and readers are shared with FiMAD. The trial's
+         real sensor (right_wrist for a1-a21, right_thigh for a22-a27) goes in its location, in
+         SI units (utd_mhad.load_inertial) and in the device's own axes, which are not the
+         simulator's axis convention. The other 15 are simulated from the skeleton
+         (virtual_imu, smoothing_s 0.3 as validated in data_prep/validate_imu_sim.py).
+  imu_location_mask  1 at the real location. The 15 simulated ones are 1 with
+         --simulated_locations=true (default: available for training, just as every FiMAD
+         location is simulated) or 0 and zero-filled with false: use false to train or
+         evaluate on the real sensor alone (AugmentConfig "random" then always picks it).
+  text   the action description (utd_mhad.ACTIONS); label = action - 1.
+Splits keep subjects whole: utd_mhad.SUBJECT_SPLITS (train 1, 3, 5; val 7; test 2, 4, 6, 8)
+unless --splits says otherwise.
+
+Trials do not fill a window. A window is window_s = 5 s (250 samples); trials last 2.1-6.5 s
+(median 3.5 s). A shorter trial is centred and padded as the body at rest in its first / last
+posture: the pose holds its first / last frame, so the simulated sensors read gravity and no
+rotation there, and the real sensor reads the mean acceleration of its first / last 0.1 s and
+zero rotation. No motion is invented. Zero padding would not do: a resting accelerometer
+reads 9.8 m/s^2, not 0 (zeros are free fall), and repeating the trial would add a jump.
+Trials longer than the window (40 of 861) keep their central window_s, counted as
+"trials_cropped" in conversion_report.json with the seconds cut. --window_s=7 covers every
+trial uncropped (the model's imu_len / pose_len must then match).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from data_prep import conversion
+from data_prep import skeletons
+from data_prep import text
+from data_prep import utd_mhad
+from data_prep import virtual_imu
+from mujo_jax import records
+
+SKELETON = "kinect_v1_20"
+SMOOTHING_S = 0.3
+REST_S = 0.1  # the real sensor's padding: mean acceleration over this much of each end
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  info: records.DatasetInfo
+  simulated_locations: bool
+  smoothing_s: float
+
+
+def parse_splits(spec: str) -> dict[str, tuple[int, ...]]:
+  """"train:1,3,5;val:7" -> {"train": (1, 3, 5), "val": (7,)}; a subject in one split only."""
+  splits, owner = {}, {}
+  for part in filter(None, (p.strip() for p in spec.split(";"))):
+    name, _, subjects = part.partition(":")
+    try:
+      ids = tuple(int(s) for s in subjects.split(",") if s.strip())
+    except ValueError as e:
+      raise ValueError(f"--splits {spec!r}: {part!r} is not name:subject,subject,...") from e
+    if not name.strip() or not ids:
+      raise ValueError(f"--splits {spec!r}: {part!r} is not name:subject,subject,...")
+    for s in ids:
+      if s in owner:
+        raise ValueError(f"--splits {spec!r}: subject {s} in both {owner[s]!r} and {name!r}")
+      owner[s] = name.strip()
+    splits[name.strip()] = ids
+  return splits
+
+
+def pad_at_rest(positions: np.ndarray, real: np.ndarray, window: int, rate_hz: float
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+  """Centres a trial in `window` samples: positions [T, J, 3] and real [T, 6] on one grid ->
+  ([window, J, 3], [window, 6], samples cut (> 0) or padded (< 0)). See module docstring."""
+  n = len(real)
+  if n >= window:
+    start = (n - window) // 2
+    return positions[start:start + window], real[start:start + window], n - window
+  before, after = (window - n) // 2, window - n - (window - n) // 2
+  rest = max(1, int(round(REST_S * rate_hz)))
+  pad_pos = np.pad(positions, ((before, after), (0, 0), (0, 0)), mode="edge")
+  head = np.concatenate([real[:rest, :3].mean(axis=0), np.zeros(3)])
+  tail = np.concatenate([real[-rest:, :3].mean(axis=0), np.zeros(3)])
+  pad_real = np.concatenate([np.tile(head, (before, 1)), real, np.tile(tail, (after, 1))])
+  return pad_pos, pad_real, n - window
+
+
+def make_clip(task) -> conversion.ClipResult:
+  """One trial -> one record. task = (Trial, Settings, text_ids, text_len)."""
+  trial, settings, text_ids, text_len = task
+  info = settings.info
+  real = utd_mhad.load_inertial(trial)                              # [T_i, 6] SI, 50 Hz
+  skel = utd_mhad.load_skeleton(trial)                              # [T_s, 20, 3] m
+  if info.imu_rate_hz != utd_mhad.INERTIAL_HZ:
+    raise ValueError(f"imu_rate_hz must be {utd_mhad.INERTIAL_HZ} for UTD-MHAD")
+  fps = utd_mhad.aligned_fps(len(skel), len(real))
+  t_grid = np.arange(len(real)) / utd_mhad.INERTIAL_HZ
+  positions = conversion.resample_positions(np.arange(len(skel)) / fps,
+                                            conversion.to_z_up(skel, utd_mhad.UP), t_grid,
+                                            max_gap_s=1.0)
+  # The skeleton's last frame lies one skeleton frame before the inertial recording ends:
+  # hold it over those last few grid samples.
+  covered = np.flatnonzero(np.isfinite(positions).all(axis=(1, 2)))
+  if not len(covered) or covered[0] != 0 or len(real) - 1 - covered[-1] > np.ceil(
+      utd_mhad.INERTIAL_HZ / fps) + 1:
+    raise conversion.clip_error(trial.name, trial.skeleton_path,
+                                "skeleton does not cover the inertial recording")
+  positions[covered[-1] + 1:] = positions[covered[-1]]
+  positions, real, cut = pad_at_rest(positions, real, info.imu_window, info.imu_rate_hz)
+
+  result = conversion.ClipResult()
+  result.counts["clips"] += 1
+  if cut > 0:
+    result.counts["trials_cropped"] += 1
+    result.details = {"clip_id": trial.name, "cropped_s": round(cut / info.imu_rate_hz, 3)}
+  locations = info.imu_locations
+  real_index = locations.index(trial.sensor_location)
+  imu = np.zeros((len(locations), info.imu_window, 6), np.float32)
+  imu[real_index] = real
+  mask = np.zeros(len(locations), np.int64)
+  mask[real_index] = 1
+  if settings.simulated_locations:
+    others = [loc for loc in locations if loc != trial.sensor_location]
+    try:
+      sim = virtual_imu.simulate_imu(positions, fps=info.imu_rate_hz, skeleton=SKELETON,
+                                     locations=others, rate_hz=info.imu_rate_hz,
+                                     smoothing_s=settings.smoothing_s)
+    except ValueError as e:
+      raise conversion.clip_error(trial.name, trial.skeleton_path,
+                                  f"virtual IMU failed: {e}") from e
+    imu[[locations.index(loc) for loc in others]] = sim
+    mask[:] = 1
+  result.examples.append({
+      "imu": imu, "imu_location_mask": mask,
+      "pose": conversion.root_relative(positions[::conversion.pose_step(info)], SKELETON),
+      "text_ids": text_ids, "text_len": text_len, "label": trial.action - 1,
+      "clip_id": trial.name, "window_index": 0,
+  })
+  return result
+
+
+def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
+          splits=utd_mhad.SUBJECT_SPLITS, subjects=None, actions=None, window_s: float = 5.0,
+          smoothing_s: float = SMOOTHING_S, workers: int | None = None,
+          records_per_shard: int = 256, imu_locations=virtual_imu.SENSOR_LOCATIONS,
+          log=print) -> conversion.Report:
+  """Converts the trials of the chosen subjects and actions into out_dir (module docstring)."""
+  unpaired: list[str] = []
+  trials = utd_mhad.list_trials(utd_mhad_dir, unpaired)
+  if subjects:
+    trials = [t for t in trials if t.subject in set(subjects)]
+  if actions:
+    trials = [t for t in trials if t.action in set(actions)]
+  if not trials:
+    raise conversion.ConversionError(f"{utd_mhad_dir}: no trials of subjects {subjects} and "
+                                     f"actions {actions}")
+  owner = {s: name for name, ids in splits.items() for s in ids}
+  missing = sorted({t.subject for t in trials} - set(owner))
+  if missing:
+    raise conversion.ConversionError(f"subjects {missing} are in no split of {dict(splits)}")
+  for t in trials:
+    sensor = t.sensor_location
+    if sensor not in imu_locations:
+      raise conversion.ConversionError(f"trial {t.name}: its real sensor location {sensor!r} "
+                                       f"is not among imu_locations {list(imu_locations)}")
+  tokenizer = text.load_tokenizer()
+  info = records.DatasetInfo(
+      name="utd_mhad", imu_locations=tuple(imu_locations),
+      joint_names=skeletons.get_skeleton(SKELETON).joint_names, class_names=utd_mhad.ACTIONS,
+      tokenizer=text.TOKENIZER_NAME, vocab_size=tokenizer.vocab_size,
+      pad_id=tokenizer.pad_token_id, skeleton=SKELETON, window_s=window_s,
+      pose_units="metres, root-relative (root: hip_center), Kinect camera frame turned so that "
+                 "+z is up",
+      video_features="none (UTD-MHAD has no video features)",
+      source=("UTD-MHAD (Chen et al., ICIP 2015), data_prep/convert_utd_mhad.py: real Kinect "
+              "skeleton; real IMU at right_wrist (a1-a21) / right_thigh (a22-a27), other "
+              f"locations {'simulated, mask 1' if simulated_locations else 'zero, mask 0'}; "
+              "trials centred and padded at rest"))
+  ids, lens = text.tokenize(tokenizer, utd_mhad.ACTIONS, info.text_len)
+  settings = Settings(info, simulated_locations, smoothing_s)
+  tasks = collections.defaultdict(list)
+  for t in trials:
+    tasks[owner[t.subject]].append((t, settings, ids[t.action - 1], int(lens[t.action - 1])))
+  report_settings = {"simulated_locations": simulated_locations,
+                     "splits": {k: list(v) for k, v in splits.items()},
+                     "subjects": sorted({t.subject for t in trials}),
+                     "actions": sorted({t.action for t in trials}), "window_s": window_s,
+                     "smoothing_s": smoothing_s, "unpaired_files_skipped": len(unpaired)}
+  return conversion.convert(out_dir, info, tasks, make_clip, workers=workers,
+                            records_per_shard=records_per_shard, settings=report_settings,
+                            log=log, name="convert_utd_mhad")
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defined only when run as a program, so CLI modules import together cleanly."""
+  flags.DEFINE_string("utd_mhad_dir", None, "UTD-MHAD root (Inertial/, Skeleton/).",
+                      required=True)
+  flags.DEFINE_string("out_dir", None, "Where to write the dataset.", required=True)
+  flags.DEFINE_bool("simulated_locations", True, "Mark the simulated sensor locations as "
+                    "available (mask 1); false: zero them, mask 0 (real sensor only).")
+  flags.DEFINE_string("splits", ";".join(f"{k}:{','.join(map(str, v))}"
+                                         for k, v in utd_mhad.SUBJECT_SPLITS.items()),
+                      "Subjects per split, e.g. 'train:1,3,5;val:7;test:2,4,6,8'.")
+  flags.DEFINE_list("subjects", None, "Convert only these subjects (default: all).")
+  flags.DEFINE_list("actions", None, "Convert only these actions, 1-27 (default: all).")
+  flags.DEFINE_float("window_s", 5.0, "Window length in seconds.")
+  flags.DEFINE_float("smoothing_s", SMOOTHING_S, "Virtual IMU smoothing window (s).")
+  flags.DEFINE_integer("workers", None, "Worker processes (default: all CPUs; 0: in-process).")
+  flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
+
+
+def main(argv):
+  del argv
+  build(FLAGS.utd_mhad_dir, FLAGS.out_dir, simulated_locations=FLAGS.simulated_locations,
+        splits=parse_splits(FLAGS.splits),
+        subjects=[int(s) for s in FLAGS.subjects] if FLAGS.subjects else None,
+        actions=[int(a) for a in FLAGS.actions] if FLAGS.actions else None,
+        window_s=FLAGS.window_s, smoothing_s=FLAGS.smoothing_s, workers=FLAGS.workers,
+        records_per_shard=FLAGS.records_per_shard)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
