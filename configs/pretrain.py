@@ -6,6 +6,10 @@ r"""MuJo pretraining: four towers (imu, pose, video, text) in one joint space.
 Arguments after the colon (comma-separated, big_vision style):
   demo          small model on the embedded demo dataset (built on first use),
                 about 10 minutes on a 2-core CPU
+  utd_mhad      the demo-sized model on real UTD-MHAD skeleton + IMU + action text
+                (no video), training subjects only; convert it first:
+                  python -m data_prep.convert_utd_mhad \
+                      --utd_mhad_dir=../shared/data/utd_mhad --out_dir=data/utd_mhad
   batch=N       global batch size
   steps=N       total training steps
   strategy=S    multitask strategy: all_pairs | random_pair | round_robin | imu_anchored
@@ -19,9 +23,9 @@ from mujo_jax import model as model_lib
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, demo=False, batch=None, steps=None, strategy="all_pairs")
+  arg = common.parse_arg(arg, demo=False, utd_mhad=False, batch=None, steps=None, strategy="all_pairs")
   config = ml_collections.ConfigDict()
-  config.name = "demo" if arg["demo"] else "base"
+  config.name = "demo" if arg["demo"] else "utd_mhad" if arg["utd_mhad"] else "base"
   config.mode = "pretrain"
   config.seed = 0
 
@@ -65,7 +69,7 @@ def get_config(arg=None):
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
 
-  if arg["demo"]:
+  if arg["demo"] or arg["utd_mhad"]:
     config.data.dir = "data/demo"
     config.data.build_demo_if_missing = True
     config.data.num_workers = 1
@@ -84,6 +88,19 @@ def get_config(arg=None):
     config.eval_every = 200
     config.eval_batch_size = 256
     config.checkpoint_every = 200
+  if arg["utd_mhad"]:
+    # 323 training trials (subjects 1, 3, 5; val: 7): small batches, many epochs.
+    config.data.dir = "data/utd_mhad"
+    config.data.build_demo_if_missing = False
+    config.model.modalities = ("imu", "pose", "text")
+    config.model.num_joints = 20                  # Kinect v1 skeleton
+    config.batch_size = 64
+    config.total_steps = 1500
+    config.optim.warmup_steps = 100
+    config.log_every = 50
+    config.eval_every = 500
+    config.eval_batch_size = 128
+    config.checkpoint_every = 500
   if arg["batch"]:
     config.batch_size = int(arg["batch"])
   if arg["steps"]:

@@ -1,5 +1,7 @@
 r"""Entry point: `python -m mujo_jax.main --config=configs/pretrain.py:demo --workdir=DIR`.
 
+Also runs the downstream evaluation (`--config=configs/finetune.py:<dataset>`).
+
 The config decides what runs (`config.mode`). Re-running the same command with
 the same workdir resumes from its last checkpoint.
 """
@@ -65,8 +67,13 @@ def main(argv):
     from mujo_jax import train  # pylint: disable=import-outside-toplevel
     ensure_data(config)
     train.Trainer(config, FLAGS.workdir).train()
+  elif config.mode == "finetune":
+    from mujo_jax.downstream import finetune  # pylint: disable=import-outside-toplevel
+    finetune.Evaluator(config, FLAGS.workdir).run()
+    logging.info("done; results in %s", os.path.join(FLAGS.workdir, "results.md"))
+    return
   else:
-    raise ValueError(f"unknown config.mode {config.mode!r}; known: 'pretrain'")
+    raise ValueError(f"unknown config.mode {config.mode!r}; known: 'pretrain', 'finetune'")
   logging.info("done; metrics in %s", os.path.join(FLAGS.workdir, "metrics.jsonl"))
 
 

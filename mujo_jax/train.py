@@ -236,6 +236,7 @@ class Trainer:
     stop_at_step: stop there as if preempted (checkpoint, then return).
     """
     c = self.config
+    check_model_fits_data(self.model_config, records.DatasetInfo.load(c.data.dir), c.data.dir)
     process_batch = c.batch_size // jax.process_count()
     train_ds = input_pipeline.make_dataset(
         c.data.dir, c.data.train_split, batch_size=process_batch, seed=c.seed,
@@ -310,6 +311,32 @@ class Trainer:
     if hasattr(train_iter, "close"):
       train_iter.close()
     return state
+
+
+def check_model_fits_data(model_config, info: records.DatasetInfo, data_dir: str) -> None:
+  """Fails before compiling when the model's input shapes are not the dataset's.
+
+  Otherwise a mismatch (e.g. a 20-joint Kinect dataset under the 17-joint default) surfaces
+  as a reshape error deep inside a tower.
+  """
+  m = model_config
+  specs = info.array_specs()
+  want = {"model.num_joints": (m.num_joints, len(info.joint_names), "joints"),
+          "model.imu_len": (m.imu_len, info.imu_window, "IMU samples per window"),
+          "model.imu_channels": (m.imu_channels, specs["imu"].shape[-1], "IMU channels"),
+          "model.pose_len": (m.pose_len, info.pose_window, "pose frames per window"),
+          "model.video_len": (m.video_len, info.video_steps, "video steps"),
+          "model.video_dim": (m.video_dim, info.video_dim, "video feature size"),
+          "model.text_len": (m.text_len, info.text_len, "text ids"),
+          "model.vocab_size": (m.vocab_size, info.vocab_size, "tokenizer vocabulary")}
+  owner = {"num_joints": "pose", "pose_len": "pose", "video_len": "video", "video_dim": "video",
+           "text_len": "text", "vocab_size": "text"}
+  bad = [f"--config.{k}={data} (the dataset has {data} {what}; the config says {model})"
+         for k, (model, data, what) in want.items()
+         if model != data and owner.get(k.split(".")[1], "imu") in m.modalities]
+  if bad:
+    raise ValueError(f"the model config does not fit the dataset at {data_dir} "
+                     f"({info.name}, skeleton {info.skeleton}); set " + "; ".join(bad))
 
 
 def _pad_batch(local, size: int, config):

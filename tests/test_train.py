@@ -152,3 +152,11 @@ def test_sigterm_saves_a_checkpoint_and_stops(demo_dir, tmp_path):
   assert "stopped early at step" in err
   saved = [int(s) for s in os.listdir(workdir / "checkpoints")]
   assert len(saved) == 1 and 3 <= saved[0] < 100000
+
+
+def test_a_model_that_does_not_fit_the_dataset_is_named_before_training(demo_dir, tmp_path):
+  config = tiny_config(demo_dir)
+  config.model.num_joints = 20   # e.g. a Kinect config on the 17-joint demo data
+  with pytest.raises(ValueError, match=r"--config.model.num_joints=17 \(the dataset has 17 "):
+    train.Trainer(config, str(tmp_path)).train()
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
