@@ -249,7 +249,7 @@ def encode_example(info: DatasetInfo, example: Mapping[str, Any]) -> bytes:
   features["window_index"] = _int_feature([int(example.get("window_index", 0))])
   features["clip_id"] = _bytes_feature(str(clip_id).encode())
   proto = tf_example_pb2.Example(features=tf_feature_pb2.Features(feature=features))
-  return proto.SerializeToString()
+  return proto.SerializeToString(deterministic=True)  # map order fixed: same bytes every run
 
 
 def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
