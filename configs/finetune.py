@@ -3,7 +3,7 @@ r"""Downstream HAR evaluation: macro F1 with few labels, from scratch vs pretrai
   python -m mujo_jax.main --config=configs/finetune.py:utd_mhad --workdir=OUT \
       [--config.pretrained=PRETRAIN_WORKDIR] [--config.fractions=0.02,1.0] \
       [--config.modes=scratch,linear,finetune,zero_shot] [--config.seeds=0,1,2] \
-      [--config.data.path=DIR_OR_FILE]
+      [--config.data.path=DIR_OR_FILE] [--config.data.options=key=value,...]
 
 The argument after the colon is the dataset: utd_mhad, mmfit, motionsense, mhealth, myogym or
 npz (the generic format: --config.data.path=file.npz). Without --config.pretrained only the
@@ -47,7 +47,9 @@ def get_config(arg=None):
 
   config.data = ml_collections.ConfigDict()
   config.data.path = DATA_PATHS[dataset]
-  config.data.options = ml_collections.ConfigDict()   # adapter keyword arguments
+  # Adapter keyword arguments as "key=value,key=value" (see the adapter's docstring), e.g.
+  # --config.data.options=sensor=wrist for utd_mhad.
+  config.data.options = ""
   config.data.window = ml_collections.ConfigDict(dict(
       rate_hz=50.0, window_s=5.0, stride_s=2.5, per_recording="all", short="drop",
       labels="drop", missing_gyro="error"))

@@ -36,6 +36,7 @@ import optax
 from sklearn import linear_model
 from sklearn import metrics as sk_metrics
 
+from configs import common
 from mujo_jax import model as model_lib
 from mujo_jax import train as train_lib
 from mujo_jax.downstream import datasets
@@ -118,7 +119,8 @@ class Evaluator:
     model_config.dtype = train_lib.compute_dtype(config)
     self.model_config = model_config
 
-    rec = datasets.load(config.dataset, config.data.path, **dict(config.data.options))
+    options = common.parse_arg(config.data.options, lazy=True)
+    rec = datasets.load(config.dataset, config.data.path, **options)
     self.window_config = windows_lib.WindowConfig(**dict(config.data.window))
     if self.window_config.window != model_config.imu_len:
       raise ValueError(f"windows of {self.window_config.window} samples "
