@@ -29,8 +29,9 @@ Pipeline for `positions` [T, J, 3] sampled at `fps`:
    elbow -> wrist, upper_arm, thigh and shin mid-segment, foot midway along
    ankle -> foot, or at the ankle end of the shin (with the shin's frame) when
    the skeleton has no foot joint; chest and back 0.8 and 0.5 along
-   spine -> thorax, pelvis and head at those joints. Sensors sit on the bone
-   line: no offset to the skin surface.
+   spine -> thorax, pelvis and head at those joints. `placement` moves any
+   sensor along its segment (e.g. {"left_wrist": 0.7}: a watch worn higher up
+   the forearm). Sensors sit on the bone line: no offset to the skin surface.
 4. Sensor frames R_t [3, 3], columns = the sensor's x, y, z axes in world
    coordinates:
    - torso sensors (chest, back, pelvis, head) take a frame from a joint
@@ -68,7 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import interpolate
@@ -191,7 +192,8 @@ def simulate_imu(positions: np.ndarray, fps: float, skeleton: str | skeletons.Sk
                  locations: Sequence[str] | None = None, rate_hz: float = 50.0,
                  up: Sequence[float] = _UP, smoothing_s: float = 0.2, max_gap_s: float = 0.25,
                  noise: ImuNoise | None = None,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
+                 rng: np.random.Generator | None = None,
+                 placement: Mapping[str, float] | None = None) -> np.ndarray:
   """Accelerometer and gyroscope readings `[S, T', 6]` float32 of sensors worn on a moving body.
 
   positions: [T, J, 3] joint positions in metres, in a world frame whose
@@ -201,6 +203,9 @@ def simulate_imu(positions: np.ndarray, fps: float, skeleton: str | skeletons.Sk
   smoothing_s: Savitzky-Golay window; T' must reach `smoothing_window(smoothing_s, rate_hz)`.
   max_gap_s: longest run of missing frames that is interpolated.
   noise: optional ImuNoise, drawn from `rng` (required then).
+  placement: location name -> fraction in [0, 1] of the way along its segment, proximal ->
+    distal, replacing the default site (module docstring, step 3); only the acceleration
+    depends on it (the segment's frame, hence the gyroscope, does not).
   Columns: acc_x, acc_y, acc_z (specific force incl. gravity, m/s^2), gyr_x,
   gyr_y, gyr_z (rad/s), each in the sensor's own frame (module docstring).
   """
@@ -229,6 +234,7 @@ def simulate_imu(positions: np.ndarray, fps: float, skeleton: str | skeletons.Sk
                      f"(smoothing_s={smoothing_s}); need at least {need} frames")
 
   plan = [_resolve(_LOCATIONS[name], skel) for name in names]
+  plan = _place(plan, placement)
   torso_names = sorted({p.torso for p in plan})
   torso_plans = {name: _resolve(_LOCATIONS[name], skel) for name in torso_names}
   needed = sorted({j for p in (*plan, *torso_plans.values()) for j in p.joints})
@@ -311,6 +317,21 @@ def _resolve(loc: TorsoLocation | LimbLocation, skel: skeletons.Skeleton) -> _Pl
   wanted = " or ".join(f"{s.proximal}->{s.distal}" for s in loc.sites)
   raise ValueError(f"location {loc.name!r} needs segment {wanted}, which skeleton "
                    f"{skel.name!r} lacks")
+
+
+def _place(plan: list[_Plan], placement: Mapping[str, float] | None) -> list[_Plan]:
+  """The plans with each sensor in `placement` moved to its fraction along the segment."""
+  placement = dict(placement or {})
+  planned = {p.name for p in plan}
+  for name, fraction in placement.items():
+    if name not in planned:
+      raise ValueError(f"placement names {name!r}, which is not among the requested "
+                       f"locations {sorted(planned)}")
+    if not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
+      raise ValueError(f"placement[{name!r}] must be a fraction in [0, 1] along the segment, "
+                       f"got {fraction!r}")
+  return [dataclasses.replace(p, site=(p.site[0], p.site[1], float(placement[p.name])))
+          if p.name in placement else p for p in plan]
 
 
 def _site(seg: Segment, skel: skeletons.Skeleton) -> tuple[int, int, float]:

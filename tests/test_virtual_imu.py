@@ -78,6 +78,30 @@ def test_spinning_forearm_gyro_and_centripetal_force(location, radius):
   np.testing.assert_allclose(np.linalg.norm(out[still_sensors, :, :3], axis=-1), G, rtol=1e-3)
 
 
+def test_placement_moves_the_sensor_along_its_segment():
+  omega, fraction = 2.0, 0.25
+  pos, _ = spinning_forearm(omega, fps=100, seconds=4)
+  default = simulate_imu(pos, fps=100, locations=("left_forearm",))
+  moved = simulate_imu(pos, fps=100, locations=("left_forearm",),
+                       placement={"left_forearm": fraction})
+  inner = slice(10, -10)
+  t = np.arange(moved.shape[1])[inner] / 50
+  np.testing.assert_allclose(moved[0, inner, 0],
+                             -omega**2 * fraction * FOREARM - G * np.cos(omega * t), atol=0.02)
+  # Same segment, same frame: the gyroscope does not move with the sensor.
+  np.testing.assert_array_equal(moved[..., 3:], default[..., 3:])
+  assert not np.allclose(moved[..., :3], default[..., :3], atol=0.05)
+
+
+@pytest.mark.parametrize("placement, pattern", [
+    ({"left_wrist": 0.5}, "not among the requested locations"),
+    ({"left_forearm": 1.5}, r"placement\['left_forearm'\] must be a fraction in \[0, 1\]"),
+])
+def test_bad_placement_names_the_location(placement, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    simulate_imu(still(60), fps=30, locations=("left_forearm",), placement=placement)
+
+
 def test_constant_acceleration_reads_a_minus_g():
   a = np.array([1.5, -0.5, 2.0])
   t = np.arange(90) / 30
