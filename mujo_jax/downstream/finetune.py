@@ -148,13 +148,17 @@ class Evaluator:
                                                  modalities=("imu",))["imu"])
 
   def embed(self, x: np.ndarray) -> np.ndarray:
-    """Pretrained IMU embeddings [N, D], in fixed-size batches (one compilation)."""
+    """Pretrained IMU embeddings [N, D]."""
+    return self._batched(self._embed_imu, self.pretrained_params, x)
+
+  def _batched(self, fn, params, x: np.ndarray) -> np.ndarray:
+    """fn(params, x) over x in fixed-size, zero-padded batches: one compilation for any N."""
     b = self.config.eval_batch_size
     out = []
     for i in range(0, len(x), b):
       chunk = x[i:i + b]
       padded = np.concatenate([chunk, np.zeros((b - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(self._embed_imu(self.pretrained_params, padded))[:len(chunk)])
+      out.append(np.asarray(fn(params, padded))[:len(chunk)])
     return np.concatenate(out)
 
   def run_linear(self, train_idx: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
@@ -203,7 +207,7 @@ class Evaluator:
       params, opt_state, _ = step_fn(params, opt_state, x_train[idx], y_train[idx])
       if step % t.eval_every == 0 or step == t.steps:
         val_f1 = sk_metrics.f1_score(self.parts["val"].y,
-                                     self._predict(predict, params, self.parts["val"].x),
+                                     self._batched(predict, params, self.parts["val"].x),
                                      average="macro", zero_division=0)
         if val_f1 > best[0]:
           best, evals_without_gain = (float(val_f1), params, step), 0
@@ -212,7 +216,7 @@ class Evaluator:
           if evals_without_gain >= t.patience:
             break
     val_f1, params, best_step = best
-    return (self._predict(predict, params, self.parts["test"].x),
+    return (self._batched(predict, params, self.parts["test"].x),
             {"val_macro_f1": val_f1, "best_step": best_step, "steps": step})
 
   @functools.cache
@@ -242,15 +246,6 @@ class Evaluator:
 
     predict = jax.jit(lambda params, x: classifier.apply({"params": params}, x).argmax(-1))
     return tx, step_fn, predict
-
-  def _predict(self, predict, params, x: np.ndarray) -> np.ndarray:
-    b = self.config.eval_batch_size
-    out = []
-    for i in range(0, len(x), b):
-      chunk = x[i:i + b]
-      padded = np.concatenate([chunk, np.zeros((b - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(predict(params, padded))[:len(chunk)])
-    return np.concatenate(out)
 
   def run_zero_shot(self) -> tuple[np.ndarray, dict]:
     """Nearest class prompt in the joint space; the null class (if any) is never predicted."""

@@ -133,7 +133,7 @@ def _read_log(path: str, used: list[int]) -> np.ndarray:
   try:
     table = np.loadtxt(path, ndmin=2, comments=None)
   except ValueError as e:
-    where = _first_bad_line(path, NUM_COLUMNS)
+    where = recordings.first_bad_line(path, NUM_COLUMNS)
     raise ValueError(f"{path}: {where or e}") from e
   if table.shape[0] == 0:
     raise ValueError(f"{path}: no data rows")
@@ -151,20 +151,3 @@ def _read_log(path: str, used: list[int]) -> np.ndarray:
     raise ValueError(f"{path}: data row {row + 1}, column {LABEL_COLUMN + 1}: label "
                      f"{labels[row]:g} is not an integer in 0..{len(CLASS_NAMES)}")
   return table
-
-
-def _first_bad_line(path: str, n_fields: int) -> str | None:
-  """Where a whitespace-separated table first goes wrong, as 'line L[, column C]: why'."""
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      fields = line.split()
-      if not fields:
-        continue
-      if len(fields) != n_fields:
-        return f"line {number}: {len(fields)} fields, expected {n_fields}"
-      for column, field in enumerate(fields, 1):
-        try:
-          float(field)
-        except ValueError:
-          return f"line {number}, column {column}: cannot parse {field!r} as a number"
-  return None

@@ -213,7 +213,7 @@ def _read_csv(path: str) -> np.ndarray:
     table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, comments=None,
                        encoding="utf-8-sig")
   except ValueError as e:
-    where = _first_bad_line(path, len(header), delimiter=",", skip=1)
+    where = recordings.first_bad_line(path, len(header), delimiter=",", skip=1)
     raise ValueError(f"{path}: {where or e}") from e
   if table.shape[0] == 0:
     raise ValueError(f"{path}: no data rows below the header")
@@ -226,23 +226,6 @@ def _read_csv(path: str) -> np.ndarray:
     raise ValueError(f"{path}: data row {row + 1}, column {FEATURES[col]!r}: non-finite "
                      f"value {columns[row, col]}")
   return columns
-
-
-def _first_bad_line(path: str, n_fields: int, delimiter: str | None, skip: int) -> str | None:
-  """Where a numeric table first goes wrong, as 'line L[, column C]: why' (1-based)."""
-  with open(path, encoding="utf-8-sig") as f:
-    for number, line in enumerate(f, 1):
-      if number <= skip or not line.strip():
-        continue
-      fields = line.split(delimiter) if delimiter else line.split()
-      if len(fields) != n_fields:
-        return f"line {number}: {len(fields)} fields, expected {n_fields}"
-      for column, field in enumerate(fields, 1):
-        try:
-          float(field)
-        except ValueError:
-          return f"line {number}, column {column}: cannot parse {field.strip()!r} as a number"
-  return None
 
 
 def _channels(columns: np.ndarray, accelerometer: str) -> np.ndarray:

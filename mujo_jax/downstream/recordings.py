@@ -216,3 +216,22 @@ def save_npz(path: str, rec: Recordings) -> None:
   for split, subjects in (rec.splits or {}).items():
     arrays[f"split_{split}"] = np.asarray(subjects, dtype=np.int32)
   np.savez(path, **arrays)
+
+
+def first_bad_line(path: str, n_fields: int, delimiter: str | None = None,
+                   skip: int = 0) -> str | None:
+  """Where a numeric text table first goes wrong, as 'line L[, column C]: why' (1-based;
+  `skip` header lines; whitespace-separated unless `delimiter`): adapters put it in errors."""
+  with open(path, encoding="utf-8-sig") as f:
+    for number, line in enumerate(f, 1):
+      if number <= skip or not line.strip():
+        continue
+      fields = line.split(delimiter) if delimiter else line.split()
+      if len(fields) != n_fields:
+        return f"line {number}: {len(fields)} fields, expected {n_fields}"
+      for column, field in enumerate(fields, 1):
+        try:
+          float(field)
+        except ValueError:
+          return f"line {number}, column {column}: cannot parse {field.strip()!r} as a number"
+  return None
