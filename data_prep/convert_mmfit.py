@@ -199,6 +199,15 @@ def frame_times(frames: np.ndarray, clock: tuple[np.ndarray, np.ndarray, int],
   return out
 
 
+def set_spans_ms(sets: list[LabelledSet], clock: tuple[np.ndarray, np.ndarray, int]
+                 ) -> np.ndarray:
+  """[n, 2] start and end times (ms) of the sets: set i spans [start_frame, end_frame + 1)
+  of the pose timeline, frame times from `clock`, extrapolated past its ends. The records
+  written here and the downstream adapter label time with this one definition."""
+  bounds = np.array([[s.start_frame, s.end_frame + 1] for s in sets], np.float64).reshape(-1, 2)
+  return frame_times(bounds.ravel(), clock, extrapolate=True).reshape(-1, 2)
+
+
 def load_pose(workout: str, path: str, settings: Settings) -> tuple[np.ndarray, np.ndarray, dict]:
   """wXX_pose_3d.npy -> (frames [N], positions [N, 17, 3] metres, h36m17 order, z up, facts)."""
   data = _load(workout, path, "pose")
@@ -323,8 +332,7 @@ def make_clip(task) -> conversion.ClipResult:
   result.counts["windows_dropped_pose_or_imu_gap"] += total - len(kept)
 
   # Labels: set i spans [start, end + 1 frame) on the time axis.
-  bounds = np.array([[s.start_frame, s.end_frame + 1] for s in sets], np.float64).reshape(-1, 2)
-  set_t = (frame_times(bounds.ravel(), clock, extrapolate=True).reshape(-1, 2) - t0_ms) / 1000
+  set_t = (set_spans_ms(sets, clock) - t0_ms) / 1000
   labelled: dict[int, int] = {}
   for w in kept:
     a, b = w * info.window_s, (w + 1) * info.window_s

@@ -8,7 +8,7 @@ with device sw_l / sw_r, the smartwatch on the left / right wrist. The labels ma
 separate tree with the same wXX/ folders (`labels_dir`, like convert_mmfit's --labels_dir).
 
 Reused from convert_mmfit: `read_labels`, `load_stream`, the unit checks of `real_imu`,
-`frame_clock` / `frame_times`; from data_prep.conversion: `resample_stream`, `grid`.
+`frame_clock` / `set_spans_ms`; from data_prep.conversion: `resample_stream`, `grid`.
 
   * Units are reported as stored, not converted: acc "m/s^2" or "g" as real_imu's check of the
     median |acc| finds it (~9.8 or ~1; anything else raises naming the file), gyr the
@@ -236,14 +236,12 @@ def _confirm_rate(workout: str, path: str, stream: np.ndarray) -> float:
 
 
 def sample_labels(sets, clock, times_ms: np.ndarray) -> np.ndarray:
-  """Class index per time (ms): the first set whose [start_frame, end_frame + 1) contains it
-  (frame times from `clock`, extrapolated at 30 fps past its ends, as convert_mmfit does);
-  -1 outside every set."""
+  """Class index per time (ms): the first set whose span (`convert_mmfit.set_spans_ms`, the
+  converter's own definition) contains it; -1 outside every set."""
   y = np.full(len(times_ms), -1, np.int32)
   if not sets:
     return y
-  bounds = np.array([[s.start_frame, s.end_frame + 1] for s in sets], np.float64)
-  spans = convert_mmfit.frame_times(bounds.ravel(), clock, extrapolate=True).reshape(-1, 2)
+  spans = convert_mmfit.set_spans_ms(sets, clock)
   for s, (start, end) in reversed(list(zip(sets, spans))):   # the first set wins overlaps
     y[(times_ms >= start) & (times_ms < end)] = CLASS_NAMES.index(s.exercise)
   return y
