@@ -30,7 +30,7 @@ def get_config(arg=None):
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.dir = "data/fimad"
+  config.data.dir = "data/fimad"             # a local folder or gs://bucket/path
   config.data.build_demo_if_missing = False
   config.data.train_split = "train"
   config.data.val_split = "val"
@@ -38,6 +38,10 @@ def get_config(arg=None):
   config.data.modality_dropout = 0.0
   config.data.num_workers = 8
   config.data.skip_corrupt = False
+  # Shards on gs:// are read in blocks (the read-ahead unit) into a block cache
+  # per process and worker; a slice that fits the cache is fetched once.
+  config.data.remote_block_mb = 8
+  config.data.remote_cache_mb = 256
 
   config.model = model_lib.default_model_config()
   config.loss = ml_collections.ConfigDict()

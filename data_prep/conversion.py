@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import multiprocessing
 import os
@@ -51,6 +50,7 @@ from data_prep import skeletons
 from data_prep import virtual_imu
 from data_prep.dataset_writer import DatasetWriter
 from mujo_jax import records
+from mujo_jax import storage
 
 REPORT_FILENAME = "conversion_report.json"
 
@@ -331,10 +331,9 @@ def convert(out_dir: str, info: records.DatasetInfo, splits: Mapping[str, Sequen
   total = sum(len(t) for t in splits.values())
   if not total:
     raise ConversionError(f"{name}: no clips to convert")
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   for stale in (REPORT_FILENAME, records.INFO_FILENAME):
-    if os.path.exists(os.path.join(out_dir, stale)):
-      os.remove(os.path.join(out_dir, stale))
+    storage.remove(storage.join(out_dir, stale))
   writer = DatasetWriter(out_dir, info, records_per_shard=records_per_shard)
   counts: collections.Counter = collections.Counter()
   clips: dict[str, dict[str, Any]] = {}
@@ -376,10 +375,7 @@ def convert(out_dir: str, info: records.DatasetInfo, splits: Mapping[str, Sequen
       pool.join()
   report = Report(info=dataclasses.replace(info, splits=written), counts=counts, clips=clips,
                   settings=dict(settings or {}))
-  tmp = os.path.join(out_dir, REPORT_FILENAME + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(report.to_json(), f, indent=2, sort_keys=False)
-  os.replace(tmp, os.path.join(out_dir, REPORT_FILENAME))
+  storage.write_json(storage.join(out_dir, REPORT_FILENAME), report.to_json(), indent=2)
   report.info = writer.finish()
   sizes = {s: v.num_examples for s, v in sorted(report.info.splits.items())}
   dropped = {k: v for k, v in sorted(counts.items()) if v and ("dropped" in k or "skipped" in k)}

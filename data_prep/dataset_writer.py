@@ -1,7 +1,7 @@
 """Writes a FiMAD-format dataset directory: indexed TFRecord shards + dataset_info.json.
 
 Every converter (the demo generator, real-data converters) ends here, so all
-datasets share one layout:
+datasets share one layout (DIR local or gs://):
   DIR/{split}-{k:05d}.tfrecord            shards of `records_per_shard` records
   DIR/{split}-{k:05d}.tfrecord.index.npy  their offset indexes
   DIR/dataset_info.json                   written last: its presence marks the dataset complete
@@ -10,11 +10,11 @@ datasets share one layout:
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mujo_jax import records
+from mujo_jax import storage
 from mujo_jax import tfrecord
 
 
@@ -30,10 +30,9 @@ class DatasetWriter:
   def __init__(self, out_dir: str, info: records.DatasetInfo, records_per_shard: int = 512):
     if records_per_shard < 1:
       raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
-    os.makedirs(out_dir, exist_ok=True)
-    stale = os.path.join(out_dir, records.INFO_FILENAME)
-    if os.path.exists(stale):
-      os.remove(stale)  # the directory is incomplete until finish() rewrites it
+    storage.makedirs(out_dir)
+    # The directory is incomplete until finish() rewrites it.
+    storage.remove(storage.join(out_dir, records.INFO_FILENAME))
     self.out_dir = out_dir
     self.info = dataclasses.replace(info, splits={})
     self.records_per_shard = records_per_shard
@@ -49,7 +48,7 @@ class DatasetWriter:
 
     def flush():
       name = f"{split}-{len(shards):05d}.tfrecord"
-      count = tfrecord.write_shard(os.path.join(self.out_dir, name), buffer)
+      count = tfrecord.write_shard(storage.join(self.out_dir, name), buffer)
       shards.append(records.ShardInfo(file=name, num_records=count))
       buffer.clear()
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from mujo_jax import storage
+
 
 def load_split(path: str) -> dict[str, str]:
   """Reads a split file -> {clip_id: split name}; rejects malformed files."""
   try:
-    with open(path) as f:
-      data = json.load(f)
+    data = storage.read_json(path)
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not valid JSON: {e}") from e
   if not isinstance(data, dict) or not data:
@@ -35,6 +36,5 @@ def write_split(path: str, clip_split: Mapping[str, str]) -> None:
   by_split: dict[str, list[str]] = {}
   for clip, split in clip_split.items():
     by_split.setdefault(split, []).append(clip)
-  with open(path, "w") as f:
-    json.dump({s: sorted(c) for s, c in sorted(by_split.items())}, f, indent=4)
+  storage.write_json(path, {s: sorted(c) for s, c in sorted(by_split.items())}, indent=4)
 

@@ -32,6 +32,7 @@ from data_prep import virtual_imu
 from data_prep.dataset_writer import DatasetWriter
 from data_prep.skeletons import get_skeleton
 from mujo_jax import records
+from mujo_jax import storage
 
 SKELETON = "h36m17"
 
@@ -137,7 +138,7 @@ def build(out_dir: str, seed: int = 0, clips_per_exercise: int = 30, val_fractio
     for split in sorted(set(clip_split.values())):
       writer.write_split(split, stream([t for t, c in zip(tasks, clip_split.values())
                                         if c == split]))
-  fimad_split.write_split(os.path.join(out_dir, "train_val_split.json"), clip_split)
+  fimad_split.write_split(storage.join(out_dir, "train_val_split.json"), clip_split)
   info = writer.finish()
   sizes = {s: v.num_examples for s, v in info.splits.items()}
   log(f"make_demo: wrote {sizes} windows of {len(tasks)} clips to {out_dir} "

@@ -10,9 +10,6 @@ tokenizer). `MuJoEncoders.from_export(DIR)` loads them without JAX.
 
 from __future__ import annotations
 
-import json
-import os
-
 from absl import app
 from absl import flags
 import jax
@@ -22,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from mujo_jax import model as model_lib
 from mujo_jax import records
+from mujo_jax import storage
 
 # Also in torch_mujo.py, which must import without JAX (and this module without torch).
 EXPORT_FORMAT = "mujo_jax.torch/1"
@@ -33,12 +31,13 @@ def load_pretrained(workdir: str, step: int | None = None):
   Checks the checkpoint's parameters against the shapes the workdir's
   config.json implies, naming the first mismatches.
   """
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: is {workdir} a mujo_jax pretraining workdir?")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+  config_path = storage.join(workdir, "config.json")
+  try:
+    config = ml_collections.ConfigDict(storage.read_json(config_path))
+  except FileNotFoundError:
+    raise FileNotFoundError(
+        f"{config_path} not found: is {workdir} a mujo_jax pretraining workdir?") from None
+  manager = ocp.CheckpointManager(storage.absolute(storage.join(workdir, "checkpoints")),
                                   item_handlers={"state": ocp.StandardCheckpointHandler()})
   steps = manager.all_steps()
   if not steps:
@@ -117,8 +116,7 @@ def export_config(config, step: int, workdir: str) -> dict:
     towers[modality] = {k: s[k] for k in ("width", "depth", "num_heads", "mlp_dim", "num_tokens",
                                           "token_features", "patch_size", "vocab_size")}
   info = None
-  info_path = os.path.join(config.data.dir, records.INFO_FILENAME)
-  if os.path.exists(info_path):
+  if storage.exists(storage.join(config.data.dir, records.INFO_FILENAME)):
     info = records.DatasetInfo.load(config.data.dir)
   pre = {
       "imu": {"input_shape": [m.imu_len, m.imu_channels], "patch_samples": m.imu_patch,
@@ -142,18 +140,19 @@ def export_config(config, step: int, workdir: str) -> dict:
   return {"format": EXPORT_FORMAT, "modalities": list(m.modalities), "embed_dim": m.embed_dim,
           "logit_scale_max": m.logit_scale_max, "towers": towers,
           "preprocessing": {k: v for k, v in pre.items() if k in m.modalities},
-          "source": {"workdir": os.path.abspath(workdir), "step": step,
+          "source": {"workdir": storage.absolute(workdir), "step": step,
                      "config_name": config.get("name", "")}}
 
 
 def export(workdir: str, out: str, step: int | None = None) -> str:
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  """workdir's checkpoint -> out/model.safetensors + out/config.json (both local or gs://)."""
+  from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
   config, params, step = load_pretrained(workdir, step)
-  os.makedirs(out, exist_ok=True)
-  save_file(torch_state_dict(params, config.model), os.path.join(out, "model.safetensors"),
-            metadata={"format": EXPORT_FORMAT, "step": str(step)})
-  with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump(export_config(config, step, workdir), f, indent=2)
+  storage.write_bytes(storage.join(out, "model.safetensors"),
+                      save(torch_state_dict(params, config.model),
+                           metadata={"format": EXPORT_FORMAT, "step": str(step)}))
+  storage.write_json(storage.join(out, "config.json"), export_config(config, step, workdir),
+                     indent=2)
   return out
 
 

@@ -1,10 +1,10 @@
 """The Grain input pipeline: FiMAD shards -> batches of numpy arrays -> global jax.Arrays.
 
-Indexed shards (the normal case):
+Indexed shards (the normal case; local or gs://, see storage.py):
   random-access source over all shards of a split
-  -> this process's disjoint slice (jax.process_index() of jax.process_count()),
-     in a seeded order reshuffled every epoch, read a batch at a time
-     (ShuffledRecordBatches)
+  -> a seeded order of all records reshuffled every epoch, cut into global
+     batches; this process reads its contiguous part of each (jax.process_index()
+     of jax.process_count()), a batch at a time (ShuffledRecordBatches)
   -> parsed in one vectorised step per batch (records.decode_batch)
   -> per-example augmentation, vectorised over the batch (IMU location, modality dropout)
   -> multi-worker prefetch.
@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from mujo_jax import records
+from mujo_jax import storage
 from mujo_jax import tfrecord
 
 SIGNAL_KEYS = ("imu", "pose", "video")
@@ -56,24 +57,34 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
 
   Elements are (global index, payload); payload is None for a corrupt record
   when skip_corrupt is set (the record is logged and counted, then dropped).
-  Readers open lazily so the source pickles into Grain's worker processes.
+  Indexes are loaded once, here, and travel with the source when it is pickled
+  into Grain's worker processes; shard readers open lazily in each process.
+  A batch read (`_getitems`) is one batched range read per shard touched, which
+  on remote storage means a few requests per shard, never one per record.
+
+  sizes: {shard path: bytes}, when a folder listing already gave them.
   """
 
   def __init__(self, paths: Sequence[str], *, verify_crc: bool = True,
-               skip_corrupt: bool = False):
+               skip_corrupt: bool = False, sizes: dict[str, int] | None = None,
+               remote_block_bytes: int = 8 << 20, remote_cache_bytes: int = 256 << 20):
     if not paths:
       raise ValueError("no shards given")
     self.paths = list(paths)
     self.verify_crc = verify_crc
     self.skip_corrupt = skip_corrupt
-    counts = [len(tfrecord.load_index(p)) for p in self.paths]
+    self._sizes = [None if sizes is None else sizes[p] for p in self.paths]
+    self._indexes = [tfrecord.load_index(p, n) for p, n in zip(self.paths, self._sizes)]
+    counts = [len(index) for index in self._indexes]
     self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    self._block_bytes, self._cache_bytes = remote_block_bytes, remote_cache_bytes
     self._readers: dict[int, tfrecord.ShardReader] = {}
+    self._cache = None
     self.num_skipped = 0
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    state["_readers"] = {}
+    state["_readers"], state["_cache"] = {}, None
     return state
 
   def __len__(self) -> int:
@@ -82,43 +93,71 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
   def __repr__(self) -> str:
     return f"IndexedShardSource({len(self.paths)} shards, {len(self)} records)"
 
-  def _locate(self, index: int) -> tuple[tfrecord.ShardReader, int]:
+  def _reader(self, shard: int) -> tfrecord.ShardReader:
+    reader = self._readers.get(shard)
+    if reader is None:
+      if self._cache is None:
+        self._cache = storage.BlockCache(self._cache_bytes)
+      reader = self._readers[shard] = tfrecord.ShardReader(
+          self.paths[shard], verify=self.verify_crc, index=self._indexes[shard],
+          size=self._sizes[shard], block_bytes=self._block_bytes, cache=self._cache)
+    return reader
+
+  def _locate(self, index: int) -> tuple[int, int]:
     if not 0 <= index < len(self):
       raise IndexError(f"record {index} out of range [0, {len(self)})")
     shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-    reader = self._readers.get(shard)
-    if reader is None:
-      reader = self._readers[shard] = tfrecord.ShardReader(self.paths[shard],
-                                                           verify=self.verify_crc)
-    return reader, index - int(self._starts[shard])
+    return shard, index - int(self._starts[shard])
 
   def describe(self, index: int) -> str:
-    reader, i = self._locate(index)
-    return reader.describe(i)
+    shard, i = self._locate(index)
+    return self._reader(shard).describe(i)
+
+  @property
+  def num_requests(self) -> int:
+    """Remote read requests made by this process's readers so far."""
+    return sum(r.num_requests for r in self._readers.values())
 
   def __getitem__(self, index: int) -> tuple[int, bytes | None]:
-    reader, i = self._locate(int(index))
-    try:
-      return index, reader.read(i)
-    except tfrecord.CorruptRecordError as e:
-      if not self.skip_corrupt:
-        raise
-      self.num_skipped += 1
-      logging.warning("skipping corrupt record (%d skipped so far in this process): %s",
-                      self.num_skipped, e)
-      return index, None
+    return self._getitems([index])[0]
 
   def _getitems(self, indices: Sequence[int]) -> list[tuple[int, bytes | None]]:
-    return [self[i] for i in indices]
+    located = [self._locate(int(i)) for i in indices]
+    by_shard: dict[int, list[int]] = {}
+    for k, (shard, _) in enumerate(located):
+      by_shard.setdefault(shard, []).append(k)
+    payloads: list = [None] * len(indices)
+    for shard, ks in by_shard.items():
+      reader = self._reader(shard)
+      for k, payload in zip(ks, reader.read_many([located[k][1] for k in ks])):
+        payloads[k] = payload
+    out = []
+    for index, payload in zip(indices, payloads):
+      if isinstance(payload, tfrecord.CorruptRecordError):
+        if not self.skip_corrupt:
+          raise payload
+        self.num_skipped += 1
+        logging.warning("skipping corrupt record (%d skipped so far in this process): %s",
+                        self.num_skipped, payload)
+        payload = None
+      out.append((index, payload))
+    return out
 
 
 class ShuffledRecordBatches(grain.MapDataset):
-  """Batches of raw records from this process's slice, reshuffled every epoch.
+  """This process's part of each global batch of raw records, reshuffled every epoch.
 
-  Element k is the list of (record id, payload) at stream positions
-  [k * batch_size, (k + 1) * batch_size), where position p of epoch e is record
-  `local[perm_e[p]]`: `local` are the ids `process_index::process_count` and
-  perm_e a permutation seeded by (seed, e). Batches run across epoch boundaries.
+  The stream is the same for any number of processes: position q of epoch e is
+  record `perm_e[q]`, perm_e a permutation of all records seeded by (seed, e),
+  and global batch k is positions [k * G, (k + 1) * G) with G = batch_size *
+  process_count. Process p's element k is the contiguous part
+  [k * G + p * batch_size, k * G + (p + 1) * batch_size) of it, a list of
+  (record id, payload). So the processes read disjoint slices whose union is the
+  epoch, and the global batch (their rows in process order, as to_global_batch
+  lays them out) is what one process reading batches of G would see: a run on
+  2 hosts trains on exactly the batches of a run on 1. Batches run across epoch
+  boundaries; with num_epochs and drop_remainder=False the last global batch is
+  short, and a process's part of it may be empty.
 
   Grain has the pieces (shuffle, repeat, batch) but maps every index through a
   Feistel network in a separate call (~30 us per element) and fetches a batch
@@ -133,19 +172,21 @@ class ShuffledRecordBatches(grain.MapDataset):
     super().__init__(parent)
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index {process_index} outside [0, {process_count})")
-    self._local = np.arange(process_index, len(parent), process_count, dtype=np.int64)
-    if len(self._local) < (batch_size if drop_remainder else 1):
-      raise ValueError(f"process {process_index} of {process_count} gets {len(self._local)} "
-                       f"of {len(parent)} records, fewer than one batch of {batch_size}")
+    self._num = len(parent)
+    global_batch = batch_size * process_count
+    if self._num < (global_batch if drop_remainder else 1):
+      raise ValueError(f"{self._num} records are fewer than one global batch of {global_batch} "
+                       f"({process_count} process(es) x {batch_size})")
     self._batch_size, self._seed, self._shuffle = batch_size, seed, shuffle
-    self._num_records = None if num_epochs is None else num_epochs * len(self._local)
+    self._global_batch, self._offset = global_batch, process_index * batch_size
+    self._num_records = None if num_epochs is None else num_epochs * self._num
     self._drop_remainder = drop_remainder
     self._orders: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
     if self._num_records is None:
       return sys.maxsize
-    whole, rest = divmod(self._num_records, self._batch_size)
+    whole, rest = divmod(self._num_records, self._global_batch)
     return whole + int(bool(rest) and not self._drop_remainder)
 
   def __str__(self) -> str:
@@ -155,17 +196,22 @@ class ShuffledRecordBatches(grain.MapDataset):
     if epoch not in self._orders:
       if len(self._orders) >= 2:
         self._orders.pop(min(self._orders))
-      order = self._local
+      order = np.arange(self._num, dtype=np.int64)
       if self._shuffle:
-        order = order[np.random.default_rng([self._seed, epoch]).permutation(len(order))]
+        order = np.random.default_rng([self._seed, epoch]).permutation(self._num)
       self._orders[epoch] = order
     return self._orders[epoch]
 
-  def record_ids(self, index: int) -> list[int]:
-    stop = (index + 1) * self._batch_size
+  def positions(self, index: int) -> np.ndarray:
+    """Stream positions of this process's part of global batch `index`."""
+    start = index * self._global_batch + self._offset
+    stop = start + self._batch_size
     if self._num_records is not None:
-      stop = min(stop, self._num_records)
-    epoch, position = np.divmod(np.arange(index * self._batch_size, stop), len(self._local))
+      start, stop = min(start, self._num_records), min(stop, self._num_records)
+    return np.arange(start, stop, dtype=np.int64)
+
+  def record_ids(self, index: int) -> list[int]:
+    epoch, position = np.divmod(self.positions(index), self._num)
     ids = np.empty_like(position)
     for e in np.unique(epoch):
       here = epoch == e
@@ -173,11 +219,47 @@ class ShuffledRecordBatches(grain.MapDataset):
     return ids.tolist()
 
   def __getitem__(self, index):
+    """[(record id, payload, stream position)] of this process's part of batch `index`."""
     if isinstance(index, slice):
       return self.slice(index)
     if not 0 <= index < len(self):
       raise IndexError(f"batch {index} outside [0, {len(self)})")
-    return self._parent._getitems(self.record_ids(index))  # pylint: disable=protected-access
+    records_ = self._parent._getitems(self.record_ids(index))  # pylint: disable=protected-access
+    return [(i, p, q) for (i, p), q in zip(records_, self.positions(index).tolist())]
+
+
+class PositionalRandom:
+  """Uniform draws keyed by each example's stream position and the seed, not by how
+  the batch was cut: a process's part of a global batch draws exactly what a
+  one-process run draws for the same rows (so 2 hosts train on what 1 host does).
+
+  Counter-based (splitmix64 of seed, call number, position and column) and
+  vectorised; `random(shape)` with shape[0] = the batch, like numpy's Generator.
+  """
+
+  def __init__(self, seed: int, positions: Sequence[int]):
+    self._seed = np.uint64(seed % 2**64)
+    self._positions = np.asarray(positions, np.uint64)
+    self._calls = 0
+
+  def random(self, shape: tuple[int, ...]) -> np.ndarray:
+    if shape[0] != len(self._positions):
+      raise ValueError(f"{shape[0]} rows asked for, the batch has {len(self._positions)}")
+    self._calls += 1
+    width = int(np.prod(shape[1:], dtype=np.int64))
+    with np.errstate(over="ignore"):
+      key = _splitmix64(self._seed ^ _splitmix64(np.uint64(self._calls)))
+      x = _splitmix64(key ^ _splitmix64(self._positions))[:, None] + np.arange(
+          width, dtype=np.uint64)
+      x = _splitmix64(x)
+    return ((x >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(shape)
+
+
+def _splitmix64(z):
+  z = z + np.uint64(0x9E3779B97F4A7C15)
+  z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return z ^ (z >> np.uint64(31))
 
 
 class SequentialShardDataset(grain.IterDataset):
@@ -261,15 +343,18 @@ def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
 
 
 def parse_and_augment(elements, rng: np.random.Generator, info: records.DatasetInfo,
-                      config: AugmentConfig, where_fn) -> dict[str, np.ndarray]:
-  """A list of (key, payload) -> one augmented batch; None payloads (skipped
-  corrupt records) are left out. The IMU location is chosen before decoding so
-  that only that location's samples are copied."""
+                      config: AugmentConfig, where_fn, seed: int = 0) -> dict[str, np.ndarray]:
+  """A list of (key, payload[, stream position]) -> one augmented batch; None payloads
+  (skipped corrupt records) are left out. The IMU location is chosen before
+  decoding so that only that location's samples are copied. With positions, the
+  random draws are PositionalRandom(seed, positions) instead of `rng`."""
   elements = [e for e in elements if e[1] is not None]
+  if elements and len(elements[0]) == 3:
+    rng = PositionalRandom(seed, [e[2] for e in elements])
   choose = None
   if config.imu_locations != "all":
     choose = lambda mask: choose_imu_locations(mask, rng, config, info)
-  batch = records.decode_batch(info, [p for _, p in elements],
+  batch = records.decode_batch(info, [e[1] for e in elements],
                                where=lambda i: where_fn(elements[i][0]), imu_location=choose)
   return augment(batch, rng, config)
 
@@ -280,22 +365,33 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
                  augment_config: AugmentConfig = AugmentConfig(),
                  process_index: int | None = None, process_count: int | None = None,
                  skip_corrupt: bool = False, shuffle_window: int = 4096,
-                 read_threads: int = 2) -> grain.IterDataset:
+                 read_threads: int = 2, remote_block_bytes: int = 8 << 20,
+                 remote_cache_bytes: int = 256 << 20) -> grain.IterDataset:
   """Builds this process's pipeline for one split; `batch_size` is per process.
 
-  Each process reads a disjoint slice of the split (hosts of a pod never see
-  the same example in an epoch). Returns an IterDataset; call
+  data_dir: a local folder or a gs:// URI. Each process reads its disjoint part
+  of every global batch (ShuffledRecordBatches). Returns an IterDataset; call
   `make_iterator` to add multi-worker prefetch.
+  remote_block_bytes, remote_cache_bytes: read-ahead unit and block cache (per
+  process and worker) on remote storage (storage.RangeReader).
   """
   info = records.DatasetInfo.load(data_dir)
   paths = info.shard_paths(data_dir, split)
+  listing = storage.list_sizes(data_dir)  # one listing: which shards have indexes, sizes
+  sizes = {p: listing.get(os.path.basename(p)) for p in paths}
+  absent = [p for p, n in sizes.items() if n is None]
+  if absent:
+    raise FileNotFoundError(f"{len(absent)} shard(s) of split {split!r} listed in "
+                            f"{records.INFO_FILENAME} are missing from {data_dir}, e.g. {absent[0]}")
   if process_index is None:
     process_index, process_count = jax.process_index(), jax.process_count()
   parse = lambda where_fn: (lambda elements, rng: parse_and_augment(
-      elements, rng, info, augment_config, where_fn))
-  indexed = all(os.path.exists(tfrecord.index_path(p)) for p in paths)
-  if indexed:
-    source = IndexedShardSource(paths, skip_corrupt=skip_corrupt)
+      elements, rng, info, augment_config, where_fn, seed))
+  unindexed = [p for p in paths if os.path.basename(tfrecord.index_path(p)) not in listing]
+  if not unindexed:
+    source = IndexedShardSource(paths, skip_corrupt=skip_corrupt, sizes=sizes,
+                                remote_block_bytes=remote_block_bytes,
+                                remote_cache_bytes=remote_cache_bytes)
     ds = ShuffledRecordBatches(
         grain.MapDataset.source(source), batch_size=batch_size, seed=seed, shuffle=shuffle,
         process_index=process_index, process_count=process_count, num_epochs=num_epochs,
@@ -308,10 +404,9 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
       return ds
     # Dropped records make batches short; rebatch restores the exact size.
   else:
-    missing = [p for p in paths if not os.path.exists(tfrecord.index_path(p))]
     logging.warning("%d shard(s) of %s have no index (e.g. %s): reading sequentially with a "
                     "window shuffle; build indexes with `python -m mujo_jax.tfrecord SHARD...` "
-                    "for global shuffling", len(missing), split, missing[0])
+                    "for global shuffling", len(unindexed), split, unindexed[0])
     mine = paths[process_index::process_count]
     if not mine:
       raise ValueError(f"split {split!r} has {len(paths)} unindexed shards, fewer than "

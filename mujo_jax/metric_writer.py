@@ -1,45 +1,71 @@
-"""Training metrics to three places: console, DIR/metrics.jsonl, TensorBoard events.
+"""Training metrics to WORKDIR/metrics.jsonl and TensorBoard event files, local or gs://.
 
-clu's and flax's TensorBoard writers import TensorFlow; tensorboardX writes the
-same event files with protobuf alone.
+clu's and flax's TensorBoard writers import TensorFlow, and tensorboardX's
+SummaryWriter writes through POSIX files (gs:// only through another client
+library), so the event file is framed here: TFRecord framing (tfrecord.frame) of
+`Event` protos, whose generated classes tensorboardX ships. Both files go
+through storage.AppendableFile, which appends locally and rewrites the object
+on flush remotely; flushes are at most every `flush_secs` (and on close).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import socket
+import time
 from collections.abc import Mapping
 
 import numpy as np
-from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
+from tensorboardX.proto import summary_pb2
+
+from mujo_jax import storage
+from mujo_jax import tfrecord
+
+METRICS_FILENAME = "metrics.jsonl"
 
 
 class MetricWriter:
-  """Appends one JSON object per call to metrics.jsonl and mirrors it to TensorBoard."""
+  """Appends one JSON object per call to metrics.jsonl and mirrors it to TensorBoard.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  enabled=False (every process but 0 of a multi-host run) writes nothing.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, flush_secs: float = 10.0):
     self.enabled = enabled
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+    storage.makedirs(workdir)
+    self._flush_secs = flush_secs
+    self._last_flush = time.monotonic()
+    self._jsonl = storage.AppendableFile(storage.join(workdir, METRICS_FILENAME))
+    events = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}"
+    self._events = storage.AppendableFile(storage.join(workdir, events))
+    self._events.append(tfrecord.frame(
+        event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString()))
+    self._flush()
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     row = {"step": int(step)}
     row.update({k: _scalar(v) for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.append((json.dumps(row) + "\n").encode())
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v)
+                                         for k, v in row.items() if k != "step"])
+    self._events.append(tfrecord.frame(event_pb2.Event(
+        wall_time=time.time(), step=int(step), summary=summary).SerializeToString()))
+    if not self._jsonl.remote or time.monotonic() - self._last_flush >= self._flush_secs:
+      self._flush()
+
+  def _flush(self) -> None:
     self._jsonl.flush()
-    for key, value in row.items():
-      if key != "step":
-        self._tb.add_scalar(key, value, global_step=int(step))
+    self._events.flush()
+    self._last_flush = time.monotonic()
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
+      self._flush()
 
 
 def _scalar(value) -> float:
@@ -50,5 +76,5 @@ def _scalar(value) -> float:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = storage.read_text(storage.join(workdir, METRICS_FILENAME))
+  return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 from tensorflow_datasets.proto import tf_feature_pb2
 
+from mujo_jax import storage
 from mujo_jax.modalities import MODALITIES
 
 FORMAT_VERSION = 1
@@ -157,32 +157,30 @@ class DatasetInfo:
 
   def save(self, directory: str) -> str:
     """Writes dataset_info.json atomically (it marks a dataset as complete)."""
-    path = os.path.join(directory, INFO_FILENAME)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.to_json(), f, indent=2)
-    os.replace(tmp, path)
+    path = storage.join(directory, INFO_FILENAME)
+    storage.write_json(path, self.to_json(), indent=2)
     return path
 
   @classmethod
   def load(cls, directory: str) -> "DatasetInfo":
-    path = os.path.join(directory, INFO_FILENAME)
-    if not os.path.exists(path):
+    path = storage.join(directory, INFO_FILENAME)
+    try:
+      text = storage.read_text(path)
+    except FileNotFoundError:
       raise FileNotFoundError(
           f"{path} not found: {directory} is not a complete FiMAD-format dataset "
-          f"(make one with `python -m data_prep.make_demo --out_dir={directory}`)")
-    with open(path) as f:
-      try:
-        d = json.load(f)
-      except json.JSONDecodeError as e:
-        raise RecordFormatError(f"{path}: not valid JSON: {e}") from e
+          f"(make one with `python -m data_prep.make_demo --out_dir={directory}`)") from None
+    try:
+      d = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise RecordFormatError(f"{path}: not valid JSON: {e}") from e
     return cls.from_json(d, where=path)
 
   def shard_paths(self, directory: str, split: str) -> list[str]:
     if split not in self.splits:
-      raise KeyError(f"split {split!r} not in {os.path.join(directory, INFO_FILENAME)}; "
+      raise KeyError(f"split {split!r} not in {storage.join(directory, INFO_FILENAME)}; "
                      f"it has {sorted(self.splits)}")
-    return [os.path.join(directory, s.file) for s in self.splits[split].shards]
+    return [storage.join(directory, s.file) for s in self.splits[split].shards]
 
 
 def _samples(rate_hz: float, seconds: float) -> int:
@@ -304,7 +302,7 @@ def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
     shapes["imu"] = specs["imu"].shape[1:]
   # Filled row by row straight from each record's bytes: one copy per field.
   arrays = {k: np.zeros((n,) + shapes[k], specs[k].dtype) for k in specs}
-  rows = {k: v.reshape(n, -1) for k, v in arrays.items()}
+  rows = {k: v.reshape(n, int(np.prod(v.shape[1:]))) for k, v in arrays.items()}
   nbytes = {k: s.nbytes for k, s in specs.items()}
   present = batch["modality_mask"]
   for i, fmap in enumerate(features):

@@ -2,7 +2,8 @@
 
 Framing (what TensorFlow writes and reads) per record:
   uint64 length | uint32 masked_crc32c(length) | payload | uint32 masked_crc32c(payload)
-all little-endian. CRC32C comes from `google-crc32c` (C-accelerated).
+all little-endian. CRC32C comes from `google-crc32c` (C-accelerated). Paths may be
+local or gs:// (mujo_jax/storage.py).
 
 Beside each shard `X.tfrecord` we write `X.tfrecord.index.npy`: int64 [N, 2] of
 (payload byte offset, payload length). With it a shard is random-access, which is
@@ -12,12 +13,14 @@ what global shuffling, deterministic order and exact resumption in Grain need.
 
 from __future__ import annotations
 
-import os
+import io
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 
 import google_crc32c
 import numpy as np
+
+from mujo_jax import storage
 
 _HEADER = struct.Struct("<QI")  # length, masked crc of length
 _FOOTER = struct.Struct("<I")
@@ -53,33 +56,33 @@ def index_path(shard_path: str) -> str:
 def write_shard(path: str, payloads: Iterable[bytes]) -> int:
   """Writes a shard and its index atomically; returns the number of records.
 
-  Both files are written under temporary names and renamed into place only
-  when complete (index last), so a crash never leaves a shard that looks whole.
+  Each file is complete or absent (storage.atomic_write), and the index is
+  written last, so a crash never leaves a shard that looks whole.
   """
   offsets = []
-  tmp_shard, tmp_index = path + ".tmp", index_path(path) + ".tmp"
-  with open(tmp_shard, "wb") as f:
+  with storage.atomic_write(path) as f:
     pos = 0
     for payload in payloads:
       record = frame(payload)
       f.write(record)
       offsets.append((pos + _HEADER.size, len(payload)))
       pos += len(record)
-    f.flush()
-    os.fsync(f.fileno())
-  index = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-  with open(tmp_index, "wb") as f:
-    np.save(f, index)
-  os.replace(tmp_shard, path)
-  os.replace(tmp_index, index_path(path))
+  _write_index(path, offsets)
   return len(offsets)
+
+
+def _write_index(path: str, offsets) -> None:
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(offsets, dtype=np.int64).reshape(-1, 2))
+  storage.write_bytes(index_path(path), buffer.getvalue())
 
 
 def iter_records(path: str, *, verify: bool = True,
                  start: int = 0) -> Iterator[tuple[int, bytes]]:
   """Sequentially yields (payload offset, payload) of the records from byte `start` on."""
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
+  file = storage.path(path)
+  size = file.stat().length
+  with file.open("rb") as f:
     f.seek(start)
     pos = start
     while pos < size:
@@ -108,25 +111,29 @@ def iter_records(path: str, *, verify: bool = True,
 def build_index(path: str) -> int:
   """Scans a shard (checking every CRC) and writes its index; returns the count."""
   offsets = [(off, len(p)) for off, p in iter_records(path)]
-  index = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-  tmp = index_path(path) + ".tmp"
-  with open(tmp, "wb") as f:
-    np.save(f, index)
-  os.replace(tmp, index_path(path))
+  _write_index(path, offsets)
   return len(offsets)
 
 
-def load_index(path: str) -> np.ndarray:
-  """The [N, 2] (offset, length) index of a shard, checked against its size."""
+def load_index(path: str, size: int | None = None) -> np.ndarray:
+  """The [N, 2] (offset, length) index of a shard, checked against its size.
+
+  size: the shard's size in bytes when already known (from a folder listing).
+  """
   ipath = index_path(path)
-  if not os.path.exists(ipath):
+  try:
+    blob = storage.read_bytes(ipath)
+  except FileNotFoundError:
     raise FileNotFoundError(
         f"{path} has no index {ipath}; build one with "
-        f"`python -m mujo_jax.tfrecord {path}` or read it sequentially")
-  index = np.load(ipath, allow_pickle=False)
+        f"`python -m mujo_jax.tfrecord {path}` or read it sequentially") from None
+  try:
+    index = np.load(io.BytesIO(blob), allow_pickle=False)
+  except ValueError as e:
+    raise CorruptRecordError(f"{ipath}: not a .npy offset index: {e}") from e
   if index.ndim != 2 or index.shape[1] != 2:
     raise CorruptRecordError(f"{ipath}: expected an [N, 2] offset index, got {index.shape}")
-  size = os.path.getsize(path)
+  size = storage.path(path).stat().length if size is None else size
   if len(index) and index[-1, 0] + index[-1, 1] + _FOOTER.size > size:
     raise CorruptRecordError(
         f"{path}: truncated shard: its index says record {len(index) - 1} ends at "
@@ -135,32 +142,58 @@ def load_index(path: str) -> np.ndarray:
 
 
 class ShardReader:
-  """Random access to the records of one indexed shard, CRCs checked on read."""
+  """Random access to the records of one indexed shard, CRCs checked on read.
 
-  def __init__(self, path: str, *, verify: bool = True):
+  index, size: the shard's offset index and byte size when already loaded;
+  remote shards are read through storage.RangeReader's block cache.
+  """
+
+  def __init__(self, path: str, *, verify: bool = True, index: np.ndarray | None = None,
+               size: int | None = None, **range_reader_options):
     self.path = path
-    self.index = load_index(path)
+    self.index = load_index(path, size) if index is None else index
     # Python ints: reading a record should not pay for numpy scalar conversions.
     self._offsets = self.index[:, 0].tolist()
     self._lengths = self.index[:, 1].tolist()
     self.verify = verify
-    self._fd = os.open(path, os.O_RDONLY)
+    self._file = storage.RangeReader(path, size, **range_reader_options)
 
   def __len__(self) -> int:
     return len(self._offsets)
 
+  @property
+  def num_requests(self) -> int:
+    return self._file.num_requests
+
   def close(self):
-    os.close(self._fd)
+    self._file.close()
 
   def describe(self, i: int) -> str:
     return f"{self.path}: record {i} at byte offset {self._offsets[i] - _HEADER.size}"
 
   def read(self, i: int) -> bytes:
     """Payload of record i; raises CorruptRecordError naming shard and offset."""
-    offset, length = self._offsets[i], self._lengths[i]
-    size = _HEADER.size + length + _FOOTER.size
-    blob = os.pread(self._fd, size, offset - _HEADER.size)
-    if len(blob) != size:
+    payload = self.read_many([i])[0]
+    if isinstance(payload, CorruptRecordError):
+      raise payload
+    return payload
+
+  def read_many(self, indices: Sequence[int]) -> list[bytes | CorruptRecordError]:
+    """Payloads of several records in one batched read; a corrupt record comes
+    back as its CorruptRecordError (the caller decides: stop or skip)."""
+    ranges = [(self._offsets[i] - _HEADER.size, _HEADER.size + self._lengths[i] + _FOOTER.size)
+              for i in indices]
+    out = []
+    for i, blob in zip(indices, self._file.read(ranges)):
+      try:
+        out.append(self._check(i, blob))
+      except CorruptRecordError as e:
+        out.append(e)
+    return out
+
+  def _check(self, i: int, blob: bytes) -> bytes:
+    length = self._lengths[i]
+    if len(blob) != _HEADER.size + length + _FOOTER.size:
       raise CorruptRecordError(f"{self.describe(i)}: truncated shard")
     stored_length, length_crc = _HEADER.unpack_from(blob)
     if stored_length != length:
@@ -173,7 +206,6 @@ class ShardReader:
       if masked_crc32c(payload) != _FOOTER.unpack_from(blob, _HEADER.size + length)[0]:
         raise CorruptRecordError(f"{self.describe(i)}: bad payload checksum")
     return payload
-
 
 
 def main(argv: Sequence[str]) -> None:

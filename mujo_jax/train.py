@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import signal
 import time
@@ -37,6 +36,7 @@ from mujo_jax import input_pipeline
 from mujo_jax import metric_writer
 from mujo_jax import model as model_lib
 from mujo_jax import records
+from mujo_jax import storage
 
 MODALITIES = records.MODALITIES
 MODEL_INPUTS = ("imu", "pose", "video", "text_ids", "text_len", "modality_mask")
@@ -198,11 +198,12 @@ class Trainer:
     per_process = c.eval_batch_size // jax.process_count()
     info = records.DatasetInfo.load(c.data.dir)
     num = info.splits[c.data.val_split].num_examples
-    num_batches = -(-(-(-num // jax.process_count())) // per_process)
+    num_batches = -(-num // (per_process * jax.process_count()))
     ds = input_pipeline.make_dataset(
         c.data.dir, c.data.val_split, batch_size=per_process, seed=c.seed, shuffle=False,
         num_epochs=1, drop_remainder=False,
-        augment_config=input_pipeline.AugmentConfig(imu_locations=c.data.imu_locations))
+        augment_config=input_pipeline.AugmentConfig(imu_locations=c.data.imu_locations),
+        **remote_read_options(c))
     it = iter(ds)
     chunks = {m: [] for m in self.modalities}
     masks = []
@@ -242,10 +243,10 @@ class Trainer:
         c.data.dir, c.data.train_split, batch_size=process_batch, seed=c.seed,
         augment_config=input_pipeline.AugmentConfig(
             imu_locations=c.data.imu_locations, modality_dropout=c.data.modality_dropout),
-        skip_corrupt=c.data.skip_corrupt)
+        skip_corrupt=c.data.skip_corrupt, **remote_read_options(c))
     train_iter = input_pipeline.make_iterator(train_ds, num_workers=c.data.num_workers)
     manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(self.workdir, "checkpoints")),
+        storage.absolute(storage.join(self.workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=c.keep_checkpoints,
                                              enable_async_checkpointing=True))
     latest = manager.latest_step()
@@ -311,6 +312,12 @@ class Trainer:
     if hasattr(train_iter, "close"):
       train_iter.close()
     return state
+
+
+def remote_read_options(config) -> dict[str, int]:
+  d = config.data
+  return {"remote_block_bytes": int(d.get("remote_block_mb", 8) * 2**20),
+          "remote_cache_bytes": int(d.get("remote_cache_mb", 256) * 2**20)}
 
 
 def check_model_fits_data(model_config, info: records.DatasetInfo, data_dir: str) -> None:

@@ -52,6 +52,48 @@ def test_processes_read_disjoint_slices_that_cover_the_data(tiny_dataset):
   assert per_process[0] | per_process[1] == TRAIN_IDS
 
 
+@pytest.mark.parametrize("process_count", [2, 3])
+def test_process_parts_concatenate_to_the_single_process_batches(tiny_dataset, process_count):
+  """A run on N hosts trains on exactly the global batches of a run on one."""
+  single = _ids(tiny_dataset, 8, batch_size=6 * process_count, seed=5)
+  parts = [_ids(tiny_dataset, 8, batch_size=6, seed=5, process_index=i,
+                process_count=process_count) for i in range(process_count)]
+  np.testing.assert_array_equal(np.concatenate(parts, axis=1), single)
+
+
+def test_random_augmentation_does_not_depend_on_the_process_count(tiny_dataset):
+  """IMU location and modality dropout are drawn per stream position, not per local batch."""
+  augment = ip.AugmentConfig(imu_locations="random", modality_dropout=0.4)
+
+  def batches(batch_size, index, count):
+    it = iter(ip.make_dataset(tiny_dataset, "train", batch_size=batch_size, seed=2,
+                              augment_config=augment, process_index=index, process_count=count))
+    return [next(it) for _ in range(3)]
+
+  single = batches(12, 0, 1)
+  parts = [batches(6, i, 2) for i in range(2)]
+  for k, whole in enumerate(single):
+    for key in ("imu", "imu_location", "modality_mask", "text_len", "pose"):
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][k][key], parts[1][k][key]]), whole[key], err_msg=key)
+  masks = np.concatenate([b["modality_mask"] for b in single])
+  assert 0 < (masks == 0).mean() < 0.6 and (masks.sum(axis=1) >= 2).all()
+  assert len(set(np.concatenate([b["imu_location"] for b in single]).tolist())) == 3
+
+
+def test_last_short_eval_batch_is_split_across_processes(tiny_dataset):
+  """num_epochs=1 without drop_remainder: every record once; a process's part may be empty."""
+  seen = []
+  for i in range(2):
+    ds = ip.make_dataset(tiny_dataset, "val", batch_size=8, shuffle=False, num_epochs=1,
+                         drop_remainder=False, augment_config=ALL, process_index=i,
+                         process_count=2)
+    seen.append([example_ids(b).tolist() for b in ds])
+  assert [len(b) for b in seen[0]] == [8, 4] and [len(b) for b in seen[1]] == [8, 0]
+  flat = [i for batches in seen for b in batches for i in b]
+  assert sorted(flat) == sorted(c * 100 + w for c in range(12, 16) for w in range(5))
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_iterator_state_round_trip_with_orbax(tiny_dataset, tmp_path, num_workers):
   def fresh():

@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import collections
-import json
-import os
+import io
 
 import numpy as np
+
+from mujo_jax import storage
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -76,7 +77,7 @@ def plot_confusion(path: str, results: dict) -> None:
   ax.set_ylabel("true")
   ax.set_title(f"{results['dataset']}: {mode}, fraction {fraction:g} (rows normalised)")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save_png(fig, path)
   plt.close(fig)
 
 
@@ -101,19 +102,22 @@ def plot_f1_vs_fraction(path: str, results: dict) -> None:
   ax.set_title(results["dataset"])
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save_png(fig, path)
   plt.close(fig)
 
 
+def _save_png(fig, path: str) -> None:
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=120)
+  storage.write_bytes(path, buffer.getvalue())
+
+
 def write_all(workdir: str, results: dict) -> list[str]:
-  os.makedirs(workdir, exist_ok=True)
-  paths = [os.path.join(workdir, n) for n in
+  """results.json, results.md and the plots into workdir (local or gs://), each atomically."""
+  paths = [storage.join(workdir, n) for n in
            ("results.json", "results.md", "confusion.png", "f1_vs_fraction.png")]
-  with open(paths[0] + ".tmp", "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(paths[0] + ".tmp", paths[0])
-  with open(paths[1], "w") as f:
-    f.write(markdown(results))
+  storage.write_json(paths[0], results, indent=1)
+  storage.write_text(paths[1], markdown(results))
   plot_confusion(paths[2], results)
   plot_f1_vs_fraction(paths[3], results)
   return paths
