@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 import gcs_emulator
+import test_downstream
 from mujo_jax import input_pipeline
 from mujo_jax import records
 from mujo_jax import storage
+from mujo_jax.downstream import recordings
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY_MODEL = ["--config.model.depth=1", "--config.model.width=32", "--config.model.mlp_dim=64",
@@ -68,7 +70,8 @@ def test_demo_data_is_written_to_the_bucket_complete(emulator, demo_in_bucket):
   assert sum(s.num_examples for s in info.splits.values()) == 40
 
 
-def test_pretrain_in_the_bucket_resumes_after_a_kill_and_exports(emulator, env, demo_in_bucket):
+def test_pretrain_in_the_bucket_resumes_after_a_kill_exports_and_evaluates(
+    emulator, env, demo_in_bucket, tmp_path):
   main = ["mujo_jax.main", "--config=configs/pretrain.py:demo",
           f"--config.data.dir={demo_in_bucket}", "--workdir=gs://bucket/run",
           "--config.total_steps=30", "--config.log_every=2", "--config.eval_every=30",
@@ -105,6 +108,18 @@ def test_pretrain_in_the_bucket_resumes_after_a_kill_and_exports(emulator, env, 
   exported = json.loads(emulator.read("bucket", "export/config.json"))
   assert exported["source"] == {"workdir": "gs://bucket/run", "step": 30, "config_name": "demo"}
 
+  # Downstream evaluation of the bucket's checkpoint, results into the bucket.
+  data = tmp_path / "recordings.npz"
+  recordings.save_npz(str(data), test_downstream.make_recordings(subjects=(1, 2, 3, 4)))
+  run(["mujo_jax.main", "--config=configs/finetune.py:npz", f"--config.data.path={data}",
+       "--config.pretrained=gs://bucket/run", "--workdir=gs://bucket/ft", "--config.modes=linear",
+       "--config.fractions=1.0", "--config.seeds=0"], env)
+  assert {"ft/results.json", "ft/results.md", "ft/confusion.png",
+          "ft/f1_vs_fraction.png"} <= set(emulator.objects("bucket", "ft/"))
+  results = json.loads(emulator.read("bucket", "ft/results.json"))
+  assert results["pretrained"] == "gs://bucket/run (step 30)"
+  assert [r["mode"] for r in results["rows"]] == ["linear"]
+
 
 @pytest.fixture
 def in_process(emulator, monkeypatch):
@@ -131,7 +146,7 @@ def test_a_remote_batch_costs_a_few_requests_per_shard_not_one_per_record(in_pro
       process_index=0, process_count=1, num_epochs=None, drop_remainder=True)
   blocks = sum(-(-sizes[os.path.basename(p)] // (1 << 20)) for p in paths)
   first = batches[0]
-  assert len(first) == 12 and all(p is not None for _, p in first)
+  assert len(first) == 12 and all(payload is not None for _, payload, _ in first)
   assert source.num_requests <= blocks < 12   # at most one request per block, not per record
   requests = source.num_requests
   batches[1]
