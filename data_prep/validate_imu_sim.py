@@ -58,7 +58,6 @@ tennis forehand, bowling, circles and "draw x" (acc r 0.87-0.92).
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -72,6 +71,7 @@ from scipy import stats
 
 from data_prep import utd_mhad
 from data_prep import virtual_imu
+from mujo_jax import storage
 
 SKELETON = "kinect_v1_20"
 RATE_HZ = utd_mhad.INERTIAL_HZ
@@ -394,8 +394,7 @@ def main(argv):
   result = validate(FLAGS.utd_mhad_dir, trials, FLAGS.smoothing_s, FLAGS.max_lag_s, FLAGS.seed,
                     FLAGS.workers)
   print(format_table(result))
-  with open(FLAGS.out, "w") as f:
-    json.dump(result, f, indent=1)
+  storage.write_json(FLAGS.out, result, indent=1)
   print(f"wrote {FLAGS.out}")
 
 

@@ -3,6 +3,8 @@ r"""Throughput of the input pipeline alone (no model), one JSON line per worker 
   python -m mujo_jax.bench_input --data_dir=/tmp/mujo_demo --batch_size=256 \
       --num_workers=0,1,2
 
+The data may be on gs:// (then --remote_cache_mb and --remote_block_mb apply).
+
 examples/s is the median over windows of `--window` batches after `--warmup`
 batches, so start-up (worker spawn, page cache) is excluded.
 """
@@ -31,6 +33,8 @@ def define_flags():
   flags.DEFINE_integer("window", 10, "Batches per timing window.")
   flags.DEFINE_integer("windows", 5, "Timing windows per worker count.")
   flags.DEFINE_string("imu_locations", "random", "'all', 'random' or comma-separated names.")
+  flags.DEFINE_float("remote_cache_mb", 256, "gs:// data: block cache per process (MiB).")
+  flags.DEFINE_float("remote_block_mb", 8, "gs:// data: block size (MiB).")
 
 
 def measure(num_workers: int) -> dict:
@@ -39,7 +43,9 @@ def measure(num_workers: int) -> dict:
     locations = tuple(locations.split(","))
   ds = input_pipeline.make_dataset(
       FLAGS.data_dir, FLAGS.split, batch_size=FLAGS.batch_size, seed=0,
-      augment_config=input_pipeline.AugmentConfig(imu_locations=locations, modality_dropout=0.1))
+      augment_config=input_pipeline.AugmentConfig(imu_locations=locations, modality_dropout=0.1),
+      remote_block_bytes=int(FLAGS.remote_block_mb * 2**20),
+      remote_cache_bytes=int(FLAGS.remote_cache_mb * 2**20))
   it = input_pipeline.make_iterator(ds, num_workers=num_workers)
   for _ in range(FLAGS.warmup):
     batch = next(it)

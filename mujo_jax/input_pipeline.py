@@ -78,6 +78,9 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
     counts = [len(index) for index in self._indexes]
     self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     self._block_bytes, self._cache_bytes = remote_block_bytes, remote_cache_bytes
+    # Remote blocks are cached only when all shards fit the cache (see storage.RangeReader).
+    self.total_bytes = (None if sizes is None else sum(self._sizes))
+    self.caches_blocks = self.total_bytes is not None and self.total_bytes <= remote_cache_bytes
     self._readers: dict[int, tfrecord.ShardReader] = {}
     self._cache = None
     self.num_skipped = 0
@@ -96,7 +99,7 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
   def _reader(self, shard: int) -> tfrecord.ShardReader:
     reader = self._readers.get(shard)
     if reader is None:
-      if self._cache is None:
+      if self._cache is None and self.caches_blocks:
         self._cache = storage.BlockCache(self._cache_bytes)
       reader = self._readers[shard] = tfrecord.ShardReader(
           self.paths[shard], verify=self.verify_crc, index=self._indexes[shard],
@@ -392,6 +395,12 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
     source = IndexedShardSource(paths, skip_corrupt=skip_corrupt, sizes=sizes,
                                 remote_block_bytes=remote_block_bytes,
                                 remote_cache_bytes=remote_cache_bytes)
+    if storage.is_remote(data_dir) and not source.caches_blocks:
+      logging.warning(
+          "split %s is %.0f MiB, more than the block cache (%.0f MiB, config.data."
+          "remote_cache_mb): each batch fetches its records' byte ranges (one concurrent "
+          "call, adjacent records merged) instead of caching whole blocks", split,
+          source.total_bytes / 2**20, remote_cache_bytes / 2**20)
     ds = ShuffledRecordBatches(
         grain.MapDataset.source(source), batch_size=batch_size, seed=seed, shuffle=shuffle,
         process_index=process_index, process_count=process_count, num_epochs=num_epochs,

@@ -9,9 +9,9 @@ epath does not give, and the project needs, is here:
   so the data is staged in a local temporary file and uploaded in one go; an
   error or a kill before that leaves no object.
 - `RangeReader`: reads many (offset, length) ranges of one file. Locally
-  `os.pread`; remotely whole blocks (the read-ahead unit) into a per-process
-  `BlockCache`, all missing blocks of a call in one concurrent batched request
-  (`cat_ranges`), so a batch costs a few requests per shard, never one per record.
+  `os.pread`; remotely all missing pieces of a call in one concurrent batched
+  request (`cat_ranges`): whole blocks (the read-ahead unit) into a per-process
+  `BlockCache` when the data fits it, else exactly the ranges asked for.
 - `list_sizes`: one listing of a folder with the size of every file.
 - `AppendableFile`: a log file appended to (metrics.jsonl, TensorBoard events).
   GCS objects cannot be appended to, so remotely the whole object is rewritten
@@ -180,25 +180,26 @@ class BlockCache:
 
 
 class RangeReader:
-  """Reads (offset, length) ranges of one file; remote files through a block cache.
+  """Reads (offset, length) ranges of one file; remote ones in one batched call per `read`.
 
-  block_bytes: remote reads fetch whole aligned blocks (the read-ahead unit);
-  each `read` call fetches all missing blocks in one batched, concurrent request
-  (consecutive blocks merged into one range).
-  cache: shared by the readers of one process; blocks stay until evicted.
-  `num_requests` counts the ranged requests made, for tests and benchmarks.
+  With a `cache` (shared by the readers of one process), remote reads fetch whole
+  aligned blocks of `block_bytes` (the read-ahead unit) that stay until evicted:
+  right when the data fits the cache, so each block is fetched once. Without one
+  (data larger than any cache: whole blocks would be fetched again and again for
+  a record each), exactly the requested ranges are fetched, those less than
+  `merge_gap_bytes` apart as one. Either way all requests of a `read` go out
+  concurrently in one `cat_ranges` call. `num_requests` counts ranged requests.
   """
 
   def __init__(self, p: PathLike, size: int | None = None, *, block_bytes: int = 8 << 20,
-               cache: BlockCache | None = None):
+               cache: BlockCache | None = None, merge_gap_bytes: int = 1 << 20):
     self.path = os.fspath(p)
     self.remote = is_remote(self.path)
     self.num_requests = 0
     if self.remote:
       self._fs = _fs(self.path)
       self.size = int(self._fs.size(self.path)) if size is None else int(size)
-      self._block = block_bytes
-      self._cache = cache if cache is not None else BlockCache()
+      self._block, self._cache, self._gap = block_bytes, cache, merge_gap_bytes
     else:
       self._fd = os.open(self.path, os.O_RDONLY)
       self.size = os.fstat(self._fd).st_size if size is None else int(size)
@@ -211,12 +212,40 @@ class RangeReader:
     """The bytes of each (offset, length); shorter where the file ends early."""
     if not self.remote:
       return [os.pread(self._fd, length, offset) for offset, length in ranges]
+    if self._cache is None:
+      return self._read_exact(ranges)
     needed = sorted({b for offset, length in ranges
                      for b in range(offset // self._block,
                                     (min(offset + length, self.size) - 1) // self._block + 1)})
     blocks = {b: self._cache.get((self.path, b)) for b in needed}
     self._fetch([b for b in needed if blocks[b] is None], blocks)
     return [self._slice(blocks, offset, length) for offset, length in ranges]
+
+  def _read_exact(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    merged = []   # [start, end, indices of the ranges inside]
+    for i in sorted(range(len(ranges)), key=lambda i: ranges[i][0]):
+      offset, length = ranges[i]
+      end = min(offset + length, self.size)
+      if merged and offset - merged[-1][1] <= self._gap:
+        merged[-1][1] = max(merged[-1][1], end)
+        merged[-1][2].append(i)
+      else:
+        merged.append([offset, end, [i]])
+    datas = self._cat([m[0] for m in merged], [m[1] for m in merged])
+    out = [b""] * len(ranges)
+    for (start, _, inside), data in zip(merged, datas):
+      for i in inside:
+        offset, length = ranges[i]
+        out[i] = data[offset - start:offset - start + length]
+    return out
+
+  def _cat(self, starts: list[int], ends: list[int]) -> list[bytes]:
+    datas = self._fs.cat_ranges([self.path] * len(starts), starts, ends, on_error="return")
+    self.num_requests += len(starts)
+    for start, data in zip(starts, datas):
+      if isinstance(data, Exception):
+        raise OSError(f"{self.path}: reading bytes {start}..: {data}") from data
+    return datas
 
   def _fetch(self, missing: list[int], blocks: dict[int, bytes]) -> None:
     if not missing:
@@ -229,11 +258,7 @@ class RangeReader:
         runs.append([b, b + 1])
     starts = [s * self._block for s, _ in runs]
     ends = [min(e * self._block, self.size) for _, e in runs]
-    datas = self._fs.cat_ranges([self.path] * len(runs), starts, ends, on_error="return")
-    self.num_requests += len(runs)
-    for (first, last), start, data in zip(runs, starts, datas):
-      if isinstance(data, Exception):
-        raise OSError(f"{self.path}: reading bytes {start}..: {data}") from data
+    for (first, last), data in zip(runs, self._cat(starts, ends)):
       for b in range(first, last):
         blocks[b] = data[(b - first) * self._block:(b - first + 1) * self._block]
         self._cache.put((self.path, b), blocks[b], keep=len(blocks))

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 import gcs_emulator
+import test_converters
 import test_downstream
+from data_prep import convert_fimad
 from mujo_jax import input_pipeline
 from mujo_jax import records
 from mujo_jax import storage
@@ -156,6 +158,15 @@ def test_a_remote_batch_costs_a_few_requests_per_shard_not_one_per_record(in_pro
                and ".tfrecord" in line and ".index.npy" not in line]
   assert 0 < len(downloads) <= blocks
 
+  # Data larger than the cache: no blocks, exactly the records' bytes, near ones merged.
+  exact = input_pipeline.IndexedShardSource(
+      paths, sizes={p: sizes[os.path.basename(p)] for p in paths}, remote_cache_bytes=1 << 10,
+      remote_block_bytes=1 << 20)
+  assert not exact.caches_blocks
+  ids = batches.record_ids(0)
+  assert exact._getitems(ids) == [(i, p) for i, p, _ in first]
+  assert 0 < exact.num_requests <= len(paths)   # these small shards: one merged range each
+
 
 def test_remote_and_local_reads_give_the_same_batches(in_process, demo_in_bucket, tmp_path):
   info = records.DatasetInfo.load(demo_in_bucket)
@@ -181,3 +192,15 @@ def test_atomic_write_leaves_no_object_when_the_writer_fails(in_process):
   assert in_process.objects("bucket", "atomic/") == {}
   storage.write_bytes(target, b"complete")
   assert in_process.read("bucket", "atomic/shard.tfrecord") == b"complete"
+
+
+def test_a_converter_writes_the_same_bytes_to_a_bucket_as_to_a_folder(in_process, tmp_path):
+  manifest, split_file = test_converters.make_fimad_source(tmp_path / "src")
+  convert_fimad.build(manifest, split_file, str(tmp_path / "local"), workers=0,
+                      records_per_shard=2, **test_converters.QUIET)
+  convert_fimad.build(manifest, split_file, "gs://bucket/fimad", workers=0, records_per_shard=2,
+                      **test_converters.QUIET)
+  local = sorted(os.listdir(tmp_path / "local"))
+  assert sorted(n.removeprefix("fimad/") for n in in_process.objects("bucket", "fimad/")) == local
+  for name in local:
+    assert in_process.read("bucket", f"fimad/{name}") == (tmp_path / "local" / name).read_bytes()
