@@ -59,8 +59,9 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
   when skip_corrupt is set (the record is logged and counted, then dropped).
   Indexes are loaded once, here, and travel with the source when it is pickled
   into Grain's worker processes; shard readers open lazily in each process.
-  A batch read (`_getitems`) is one batched range read per shard touched, which
-  on remote storage means a few requests per shard, never one per record.
+  A batch read (`_getitems`) is one batched range read per shard touched; on
+  remote storage its requests go out concurrently (storage.RangeReader: whole
+  cached blocks when the split fits `remote_cache_bytes`, else exact ranges).
 
   sizes: {shard path: bytes}, when a folder listing already gave them.
   """
@@ -155,7 +156,7 @@ class ShuffledRecordBatches(grain.MapDataset):
   and global batch k is positions [k * G, (k + 1) * G) with G = batch_size *
   process_count. Process p's element k is the contiguous part
   [k * G + p * batch_size, k * G + (p + 1) * batch_size) of it, a list of
-  (record id, payload). So the processes read disjoint slices whose union is the
+  (record id, payload, stream position). So the processes read disjoint slices whose union is the
   epoch, and the global batch (their rows in process order, as to_global_batch
   lays them out) is what one process reading batches of G would see: a run on
   2 hosts trains on exactly the batches of a run on 1. Batches run across epoch

@@ -52,8 +52,9 @@ def route_to_emulator() -> None:
 
 route_to_emulator()
 
-Path = epath.Path
 PathLike = str | os.PathLike
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def path(p: PathLike) -> epath.Path:
@@ -118,6 +119,7 @@ def atomic_write(p: PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
       yield f
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would have made it, not mkstemp's 0600
     if is_remote(target):
       _fs(target).put_file(tmp, target)
     else:

@@ -92,11 +92,15 @@ def test_pretrain_in_the_bucket_resumes_after_a_kill_exports_and_evaluates(
   killed_at = sorted(int(n.split("/")[2]) for n in emulator.objects("bucket", "run/checkpoints/")
                      if n.endswith("/commit_success.txt") and n.count("/") == 3)
   assert killed_at and killed_at[-1] < 30, "the first run was not killed before it finished"
+  rows_of_killed_run = [json.loads(line) for line in emulator.read(
+      "bucket", "run/metrics.jsonl").splitlines()] if "run/metrics.jsonl" in emulator.objects(
+          "bucket", "run/") else []
 
   out = run(main, env)
   assert f"resuming from the checkpoint of step {killed_at[-1]}" in out.stderr
   objects = emulator.objects("bucket", "run/")
   rows = [json.loads(line) for line in emulator.read("bucket", "run/metrics.jsonl").splitlines()]
+  assert rows[:len(rows_of_killed_run)] == rows_of_killed_run   # kept: rewritten whole on flush
   assert rows[-1]["step"] == 30 and "val/r1/imu_text" in rows[-1]
   assert json.loads(emulator.read("bucket", "run/config.json"))["model"]["width"] == 32
   assert any(n.startswith("run/events.out.tfevents.") for n in objects)

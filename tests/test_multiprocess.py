@@ -200,3 +200,14 @@ def _leaves(tree, prefix=""):
       yield from _leaves(v, f"{prefix}/{k}")
   else:
     yield prefix, np.asarray(tree)
+
+
+def test_explicit_cluster_flags_need_jax_distributed(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "mujo_jax.main", "--config=configs/pretrain.py:demo",
+                        f"--workdir={tmp_path}", "--num_processes=2", "--process_id=0"],
+                       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode != 0
+  assert "--coordinator_address, --num_processes and --process_id need --jax_distributed" \
+      in out.stderr
+  assert not os.listdir(tmp_path)   # stopped before writing anything
