@@ -4,7 +4,8 @@ r"""Speed of the real training step on synthetic device-resident inputs; one JSO
 
 Times `--steps` steps after `--warmup` (each step blocked on), reports the median
 step time, examples/s, analytic TFLOP/s (3 x forward FLOPs of the towers the
-step runs, see model.analytic_flops), peak device memory where the backend
+step runs, see model.analytic_flops), MFU against the chip's dense bf16 peak
+where the device is in PEAK_BF16_TFLOPS, peak device memory where the backend
 reports it, and the compiler's own memory estimate.
 """
 
@@ -28,6 +29,22 @@ flags.DEFINE_integer("batch", None, "Global batch size (default: the config's)."
 flags.DEFINE_integer("steps", 10, "Timed steps.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.mark_flags_as_required(["config"])
+
+# Dense bf16 peak TFLOP/s per chip (vendor datasheets), matched against jax's device_kind;
+# more specific names first ("TPU v5 lite" is v5e, "TPU v5" alone is v5p).
+PEAK_BF16_TFLOPS = (
+    ("TPU v6 lite", 918.0), ("TPU v6e", 918.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
+    ("TPU v5p", 459.0), ("TPU v5", 459.0), ("TPU v4", 275.0),
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
+)
+
+
+def peak_bf16_tflops(device_kind: str) -> float | None:
+  """The chip's dense bf16 peak, or None for devices not in the table (CPUs, others)."""
+  for name, peak in PEAK_BF16_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return peak
+  return None
 
 
 def synthetic_batch(config, batch_size: int, sharding) -> dict[str, jax.Array]:
@@ -67,6 +84,8 @@ def main(argv):
   flops = model_lib.analytic_flops(trainer.model_config)
   forward = sum(v for k, v in flops.items() if k in used)
   device = jax.devices()[0]
+  tflops_per_s = 3 * forward * config.batch_size / step_s / 1e12
+  peak = peak_bf16_tflops(device.device_kind)
   stats = device.memory_stats() or {}
   analysis = step_fn.memory_analysis()
   result = {
@@ -74,7 +93,10 @@ def main(argv):
       "examples_per_s": round(config.batch_size / step_s, 1),
       "step_ms_median": round(step_s * 1e3, 2),
       "step_ms_min_max": [round(min(times) * 1e3, 2), round(max(times) * 1e3, 2)],
-      "tflops_per_s": round(3 * forward * config.batch_size / step_s / 1e12, 2),
+      "tflops_per_s": round(tflops_per_s, 2),
+      # Model FLOPs utilisation: analytic FLOP/s over the peak of all chips of the run.
+      "mfu": (round(tflops_per_s / (peak * jax.device_count()), 4) if peak else None),
+      "peak_bf16_tflops_per_chip": peak,
       "gflops_per_example_fwd": round(forward / 1e9, 3),
       "peak_memory_gib": (round(stats["peak_bytes_in_use"] / 2**30, 2)
                           if "peak_bytes_in_use" in stats else None),

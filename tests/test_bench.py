@@ -1,0 +1,35 @@
+"""The step benchmark: MFU's peak table and one small run's JSON line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mujo_jax import bench
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+@pytest.mark.parametrize("device_kind, peak", [
+    ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5", 459.0), ("TPU v5p", 459.0),
+    ("TPU v6 lite", 918.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA H100 80GB HBM3", 989.0),
+    ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0), ("cpu", None),
+])
+def test_peak_table_matches_the_most_specific_name(device_kind, peak):
+  assert bench.peak_bf16_tflops(device_kind) == peak
+
+
+def test_bench_prints_one_json_line_with_throughput_and_no_mfu_on_cpu():
+  out = subprocess.run(
+      [sys.executable, "-m", "mujo_jax.bench", "--config=configs/pretrain.py:demo", "--batch=8",
+       "--steps=2", "--warmup=1", "--config.model.depth=1", "--config.model.width=32",
+       "--config.model.mlp_dim=64", "--config.model.num_heads=2"],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""), capture_output=True,
+      text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["batch"] == 8 and result["examples_per_s"] > 0 and result["tflops_per_s"] > 0
+  assert result["mfu"] is None and result["peak_bf16_tflops_per_chip"] is None
+  assert result["backend"] == "cpu"
