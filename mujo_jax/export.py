@@ -115,9 +115,10 @@ def export_config(config, step: int, workdir: str) -> dict:
     s = model_lib.tower_settings(m, modality)
     towers[modality] = {k: s[k] for k in ("width", "depth", "num_heads", "mlp_dim", "num_tokens",
                                           "token_features", "patch_size", "vocab_size")}
-  info = None
-  if storage.exists(storage.join(config.data.dir, records.INFO_FILENAME)):
+  try:
     info = records.DatasetInfo.load(config.data.dir)
+  except FileNotFoundError:
+    info = None
   pre = {
       "imu": {"input_shape": [m.imu_len, m.imu_channels], "patch_samples": m.imu_patch,
               "rate_hz": info.imu_rate_hz if info else m.imu_len / 5.0,

@@ -215,7 +215,7 @@ class RangeReader:
     if not self.remote:
       return [os.pread(self._fd, length, offset) for offset, length in ranges]
     if self._cache is None:
-      return self._read_exact(ranges)
+      return self._read_exact(ranges, self._gap)
     needed = sorted({b for offset, length in ranges
                      for b in range(offset // self._block,
                                     (min(offset + length, self.size) - 1) // self._block + 1)})
@@ -223,12 +223,13 @@ class RangeReader:
     self._fetch([b for b in needed if blocks[b] is None], blocks)
     return [self._slice(blocks, offset, length) for offset, length in ranges]
 
-  def _read_exact(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+  def _read_exact(self, ranges: Sequence[tuple[int, int]], gap: int) -> list[bytes]:
+    """Exactly `ranges`, those at most `gap` bytes apart fetched as one request."""
     merged = []   # [start, end, indices of the ranges inside]
     for i in sorted(range(len(ranges)), key=lambda i: ranges[i][0]):
       offset, length = ranges[i]
       end = min(offset + length, self.size)
-      if merged and offset - merged[-1][1] <= self._gap:
+      if merged and offset - merged[-1][1] <= gap:
         merged[-1][1] = max(merged[-1][1], end)
         merged[-1][2].append(i)
       else:
@@ -241,7 +242,7 @@ class RangeReader:
         out[i] = data[offset - start:offset - start + length]
     return out
 
-  def _cat(self, starts: list[int], ends: list[int]) -> list[bytes]:
+  def _cat(self, starts: list[int], ends: list[int]) -> list:
     datas = self._fs.cat_ranges([self.path] * len(starts), starts, ends, on_error="return")
     self.num_requests += len(starts)
     for start, data in zip(starts, datas):
@@ -250,30 +251,20 @@ class RangeReader:
     return datas
 
   def _fetch(self, missing: list[int], blocks: dict[int, bytes]) -> None:
+    """Fetches whole blocks; consecutive ones (gap 0) go as one request."""
     if not missing:
       return
-    runs = []  # consecutive blocks -> one ranged request
-    for b in missing:
-      if runs and runs[-1][1] == b:
-        runs[-1][1] = b + 1
-      else:
-        runs.append([b, b + 1])
-    starts = [s * self._block for s, _ in runs]
-    ends = [min(e * self._block, self.size) for _, e in runs]
-    for (first, last), data in zip(runs, self._cat(starts, ends)):
-      for b in range(first, last):
-        blocks[b] = data[(b - first) * self._block:(b - first + 1) * self._block]
-        self._cache.put((self.path, b), blocks[b], keep=len(blocks))
+    datas = self._read_exact([(b * self._block, self._block) for b in missing], gap=0)
+    for b, data in zip(missing, datas):
+      blocks[b] = data
+      self._cache.put((self.path, b), data, keep=len(blocks))
 
   def _slice(self, blocks: dict[int, bytes], offset: int, length: int) -> bytes:
     end = min(offset + length, self.size)
     first, last = offset // self._block, (end - 1) // self._block
-    if first == last:
-      start = offset - first * self._block
-      return blocks[first][start:start + end - offset]
-    joined = b"".join(blocks[b] for b in range(first, last + 1))
+    data = blocks[first] if first == last else b"".join(blocks[b] for b in range(first, last + 1))
     start = offset - first * self._block
-    return joined[start:start + end - offset]
+    return data[start:start + end - offset]
 
 
 class AppendableFile:

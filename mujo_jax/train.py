@@ -315,9 +315,8 @@ class Trainer:
 
 
 def remote_read_options(config) -> dict[str, int]:
-  d = config.data
-  return {"remote_block_bytes": int(d.get("remote_block_mb", 8) * 2**20),
-          "remote_cache_bytes": int(d.get("remote_cache_mb", 256) * 2**20)}
+  return {"remote_block_bytes": int(config.data.remote_block_mb * 2**20),
+          "remote_cache_bytes": int(config.data.remote_cache_mb * 2**20)}
 
 
 def check_model_fits_data(model_config, info: records.DatasetInfo, data_dir: str) -> None:
