@@ -30,6 +30,9 @@ def test_bench_prints_one_json_line_with_throughput_and_no_mfu_on_cpu():
       text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert result["batch"] == 8 and result["examples_per_s"] > 0 and result["tflops_per_s"] > 0
+  # Speeds are only checked to be reported (a tiny model's TFLOP/s rounds to 0.0 on a busy
+  # CPU); the analytic FLOPs per example are not timed.
+  assert result["batch"] == 8 and result["examples_per_s"] > 0 and "tflops_per_s" in result
+  assert result["gflops_per_example_fwd"] > 0
   assert result["mfu"] is None and result["peak_bf16_tflops_per_chip"] is None
   assert result["backend"] == "cpu"
