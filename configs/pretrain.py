@@ -42,10 +42,21 @@ def get_config(arg=None):
   # per process and worker; a slice that fits the cache is fetched once.
   config.data.remote_block_mb = 8
   config.data.remote_cache_mb = 256
+  # Record checksums: "always" (every read), "first_pass" (each record the first
+  # time this process reads it), "off".
+  config.data.crc_check = "always"
+  # Keep this process's records in RAM after their first read (same order, same
+  # resumable state); for slices that fit in memory.
+  config.data.cache_in_memory = False
+  # Batches copied to the devices ahead of the step that uses them.
+  config.data.device_prefetch = 2
 
   config.model = model_lib.default_model_config()
   config.loss = ml_collections.ConfigDict()
   config.loss.strategy = arg["strategy"]
+  # > 0: score each device's rows against the gathered columns in chunks of this
+  # many columns (online log-sum-exp), so loss memory stops growing with n_local x N.
+  config.loss.chunk_size = 0
 
   config.batch_size = 4096
   config.total_steps = 5000
@@ -66,6 +77,11 @@ def get_config(arg=None):
   # (regex over "/"-joined parameter paths, PartitionSpec as a tuple); first match wins.
   config.param_sharding_rules = [(".*", ())]
   config.compute_dtype = "auto"   # bfloat16 on GPU/TPU, float32 on CPU
+
+  # Persistent XLA compilation cache (a local path or gs://); None: off.
+  config.compilation_cache_dir = None
+  # (first, last) step of a profiler trace written into WORKDIR/profile; None: off.
+  config.profile_steps = None
 
   config.log_every = 50
   config.eval_every = 1000

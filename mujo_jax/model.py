@@ -57,6 +57,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   config.dtype = "float32"          # compute dtype; "bfloat16" on GPU/TPU
   # "xla" or "cudnn" (cuDNN fused attention: GPU only, bfloat16/float16 only).
   config.attention_impl = "xla"
+  # Rematerialisation of each encoder block in the backward pass:
+  # "none", "full" (recompute everything) or "dots_saveable" (keep matmul outputs).
+  config.remat = "none"
+  config.scan_layers = False        # nn.scan over the blocks of a tower (one compiled block)
   config.imu_patch = 10             # samples per IMU token
   config.imu_len = 250              # samples per window (5 s at 50 Hz)
   config.imu_channels = 6           # acc xyz, gyro xyz
