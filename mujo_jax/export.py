@@ -75,7 +75,13 @@ def _dummy_inputs(c):
 
 
 def torch_state_dict(params, model_config) -> dict[str, np.ndarray]:
-  """Flax parameter tree -> PyTorch names and layouts (Linear weights are [out, in])."""
+  """Flax parameter tree -> PyTorch names and layouts (Linear weights are [out, in]).
+
+  Checkpoints trained with `scan_layers` (blocks stacked on a leading [depth]
+  axis) are unstacked first, so both layouts give the same state dict.
+  """
+  if model_config.get("scan_layers", False):
+    params = model_lib.unstack_blocks(params, model_config)
   linear = lambda p: {"weight": p["kernel"].reshape(p["kernel"].shape[0], -1).T}
   state = {"log_logit_scale": np.asarray(params["log_logit_scale"], np.float32)}
   for m in model_config.modalities:

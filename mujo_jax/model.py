@@ -18,6 +18,16 @@ inside the towers and all matmuls run in it (bfloat16 on accelerators).
 LayerNorm statistics and the attention softmax are computed in float32, and the
 embeddings are returned as float32.
 
+Memory and compile time (`config.remat`, `config.scan_layers`): each encoder
+block can be rematerialised in the backward pass (`nn.remat`: "full" keeps only
+the block's input, "dots_saveable" also keeps its matmul outputs), and a tower's
+blocks can run as one `nn.scan` (one compiled block body, however deep the
+tower). Both leave the math unchanged. Use them together: without scan, XLA may
+schedule the recomputation early and keep the memory anyway (it does on CPU);
+inside the scan's backward loop it cannot. Scanning changes the parameter tree:
+`encoder/block_{i}/...` becomes `encoder/blocks/...` with a leading [depth] axis;
+`stack_blocks` / `unstack_blocks` convert between the two layouts.
+
 Used as pure functions:
   model = MuJo(config)
   params = model.init(rng, batch)["params"]
@@ -43,6 +53,12 @@ from mujo_jax.modalities import MODALITIES
 INPUT_KEYS = {"imu": "imu", "pose": "pose", "video": "video", "text": "text_ids"}
 # Transformer sizes that `config.towers.<modality>.<field>` may override.
 TOWER_OVERRIDES = ("width", "depth", "num_heads", "mlp_dim")
+# `config.remat` -> what an encoder block keeps for the backward pass (None: no remat).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,        # recompute the whole block
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs
+}
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -105,10 +121,14 @@ def tower_settings(config: ml_collections.ConfigDict, modality: str) -> dict[str
     length, patch, features = config.text_len - 1, 1, 0   # the tokenizer's [CLS] is dropped
   if length % patch:
     raise ValueError(f"{modality} tower: length {length} is not divisible by patch {patch}")
+  remat = config.get("remat", "none")
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"unknown config.remat {remat!r}; known: {tuple(REMAT_POLICIES)}")
   return dict(sizes, modality=modality, embed_dim=config.embed_dim, patch_size=patch,
               num_tokens=length // patch, token_features=patch * features,
               vocab_size=config.vocab_size if modality == "text" else 0,
-              dtype=config.dtype, attention_impl=config.get("attention_impl", "xla"))
+              dtype=config.dtype, attention_impl=config.get("attention_impl", "xla"),
+              remat=remat, scan_layers=bool(config.get("scan_layers", False)))
 
 
 def patchify(x: jax.Array, patch_size: int) -> jax.Array:
@@ -166,6 +186,13 @@ class EncoderBlock(nn.Module):
     return x + dense("mlp_out", x.shape[-1])(nn.gelu(y))
 
 
+class _ScanBlock(EncoderBlock):
+  """An `EncoderBlock` with `nn.scan`'s body signature: (carry, broadcast...) -> (carry, None)."""
+
+  def __call__(self, x, key_mask=None, key_lengths=None):
+    return super().__call__(x, key_mask, key_lengths), None
+
+
 class Encoder(nn.Module):
   """A stack of pre-LN transformer blocks over `[B, N, width]` (no final norm).
 
@@ -173,19 +200,38 @@ class Encoder(nn.Module):
   and usable by cuDNN's fused attention, as `key_lengths [B]` (the first
   `key_lengths[b]` tokens are real). Padded tokens are never attended to; their
   own outputs are meaningless.
+
+  `remat` (a key of `REMAT_POLICIES`) trades backward-pass memory for
+  recomputation per block; `scan` runs the blocks as one `nn.scan` (parameters
+  "blocks" with a leading [depth] axis instead of "block_{i}"), remat inside the
+  scan body as in Flax and MaxText.
   """
   depth: int
   num_heads: int
   mlp_dim: int
   dtype: Any = jnp.float32
   attention_impl: str = "xla"
+  remat: str = "none"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, key_mask: jax.Array | None = None,
                key_lengths: jax.Array | None = None) -> jax.Array:
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat {self.remat!r}; known: {tuple(REMAT_POLICIES)}")
+    block = _ScanBlock if self.scan else EncoderBlock
+    if self.remat != "none":
+      # Inside scan the loop boundary already keeps XLA from merging the
+      # recomputation into the forward pass; the CSE barrier would only cost.
+      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+    args = (self.num_heads, self.mlp_dim, self.dtype, self.attention_impl)
+    if self.scan:
+      blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=(nn.broadcast, nn.broadcast), length=self.depth)
+      x, _ = blocks(*args, name="blocks")(x, key_mask, key_lengths)
+      return x
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
-                       name=f"block_{i}")(x, key_mask, key_lengths)
+      x = block(*args, name=f"block_{i}")(x, key_mask, key_lengths)
     return x
 
 
@@ -208,6 +254,8 @@ class Tower(nn.Module):
   vocab_size: int = 0
   dtype: Any = "float32"
   attention_impl: str = "xla"
+  remat: str = "none"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, inputs: jax.Array, text_len: jax.Array | None = None) -> jax.Array:
@@ -235,7 +283,7 @@ class Tower(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (batch, 1, self.width)),
                          tokens + pos_embedding.astype(dtype)], axis=1)   # [B, N+1, width]
     x = Encoder(self.depth, self.num_heads, self.mlp_dim, dtype, self.attention_impl,
-                name="encoder")(x, key_lengths=key_lengths)
+                self.remat, self.scan_layers, name="encoder")(x, key_lengths=key_lengths)
     x = nn.LayerNorm(name="norm_out", dtype=dtype, param_dtype=jnp.float32)(x[:, 0])
     x = nn.Dense(self.embed_dim, use_bias=False, name="head", dtype=dtype,
                  param_dtype=jnp.float32,
@@ -301,6 +349,9 @@ def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   weighted values, output projection, MLP, head); the text embedding is a
   gather (0 FLOPs) and elementwise work (norms, softmax, GELU) is ignored.
   Padded text tokens are computed like real ones, so they count too.
+  These are model FLOPs: the same whatever `config.remat` (recomputation in
+  the backward pass is extra hardware work, not model work, so MFU ignores it)
+  and `config.scan_layers`.
   """
   flops = {}
   for modality in config.modalities:
@@ -315,3 +366,51 @@ def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
     flops[modality] = float(embed + s["depth"] * per_block + head)
   flops["total"] = float(sum(flops.values()))
   return flops
+
+
+def stack_blocks(params, config: ml_collections.ConfigDict):
+  """Unscanned -> scanned parameter layout, per enabled tower of `config`.
+
+  `{m}/encoder/block_{i}/...` (i < depth) -> `{m}/encoder/blocks/...` with
+  leaves stacked on a new leading [depth] axis (what `scan_layers=True` uses).
+  Pure; other parameters are passed through unchanged.
+  """
+  def stack(modality, encoder):
+    depth = tower_settings(config, modality)["depth"]
+    names = [f"block_{i}" for i in range(depth)]
+    if set(encoder) != set(names):
+      raise ValueError(f"stack_blocks: {modality}/encoder has {sorted(encoder)}, expected "
+                       f"{names} (depth {depth}): not an unscanned tower of this config")
+    return {"blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *(encoder[n] for n in names))}
+  return _map_encoders(params, config, stack)
+
+
+def unstack_blocks(params, config: ml_collections.ConfigDict):
+  """Scanned -> unscanned parameter layout (the inverse of `stack_blocks`).
+
+  `{m}/encoder/blocks/...` with a leading [depth] axis -> `{m}/encoder/block_{i}/...`,
+  the layout the PyTorch export and per-block code read.
+  """
+  def unstack(modality, encoder):
+    depth = tower_settings(config, modality)["depth"]
+    if set(encoder) != {"blocks"}:
+      raise ValueError(f"unstack_blocks: {modality}/encoder has {sorted(encoder)}, expected "
+                       f"['blocks']: not a scanned tower")
+    leading = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(encoder["blocks"])}
+    if leading != {depth}:
+      raise ValueError(f"unstack_blocks: {modality}/encoder/blocks has leading axes "
+                       f"{sorted(leading, key=str)}, expected the tower's depth {depth}")
+    return {f"block_{i}": jax.tree.map(lambda x, i=i: x[i], encoder["blocks"])
+            for i in range(depth)}
+  return _map_encoders(params, config, unstack)
+
+
+def _map_encoders(params, config, fn):
+  """A copy of `params` with `params[m]["encoder"]` replaced by fn(m, it) for each tower."""
+  out = dict(params)
+  for modality in config.modalities:
+    if modality not in params:
+      raise ValueError(f"params have no {modality!r} tower (config.modalities="
+                       f"{tuple(config.modalities)}); have {sorted(params)}")
+    out[modality] = dict(params[modality], encoder=fn(modality, params[modality]["encoder"]))
+  return out

@@ -7,7 +7,9 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from safetensors.numpy import load_file
 
 torch = pytest.importorskip("torch", reason="PyTorch (a test extra: requirements-dev.txt) "
                                             "is needed for the parity test")
@@ -100,3 +102,27 @@ def test_incompatible_checkpoint_and_files_fail_clearly(pretrained, tmp_path):
   with pytest.raises(ValueError, match=r"does not fit config.json.*towers.imu"):
     torch_model.load_exported({k: torch.from_numpy(v) for k, v in
                                export.torch_state_dict(params, config.model).items()})
+
+
+def test_scanned_checkpoint_exports_like_the_unscanned_one(pretrained, tmp_path):
+  """A checkpoint trained with scan_layers (blocks stacked on a [depth] axis) exports the same."""
+  _, config, params = pretrained
+  scanned = config.copy_and_resolve_references()
+  scanned.model.scan_layers = True
+  scanned.model.remat = "full"
+  stacked = model_lib.stack_blocks(params, scanned.model)
+  assert stacked["text"]["encoder"]["blocks"]["mlp_in"]["kernel"].shape[0] == 2
+  workdir = tmp_path / "scanned"
+  os.makedirs(workdir)
+  (workdir / "config.json").write_text(scanned.to_json_best_effort())
+  manager = ocp.CheckpointManager(str(workdir / "checkpoints"),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
+  manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": stacked})))
+  manager.wait_until_finished()
+  manager.close()
+  out = export.export(str(workdir), str(tmp_path / "out"))
+  got = load_file(os.path.join(out, "model.safetensors"))
+  want = export.torch_state_dict(params, config.model)
+  assert set(got) == set(want) and "towers.text.blocks.1.mlp_in.weight" in got
+  for name, value in want.items():
+    np.testing.assert_array_equal(got[name], value, err_msg=name)

@@ -1,5 +1,6 @@
 """The encoder towers: shapes, dtypes, tokenizers, padding, configurability, counts."""
 
+import collections
 import functools
 import math
 import re
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mujo_jax import contrastive
 from mujo_jax import model as model_lib
 
 B = 2
@@ -327,3 +329,157 @@ def test_encoder_key_mask_equals_key_lengths():
   np.testing.assert_allclose(by_mask, by_lengths, atol=1e-6)
   np.testing.assert_allclose(changed[0, :3], by_mask[0, :3], atol=1e-6)
   assert not np.allclose(unmasked, by_mask, atol=1e-4)
+
+
+# -- remat and scan_layers: same math, less memory / one compiled block ------------------------
+
+
+def layered_config(remat="none", scan_layers=False):
+  """IMU and text towers (the text tower passes key_lengths through the blocks)."""
+  return tiny_config(depth=2, modalities=("imu", "text"), remat=remat, scan_layers=scan_layers)
+
+
+def contrastive_value_and_grad(config):
+  """(loss, embeddings), d loss / d params of the imu-text InfoNCE on a batch."""
+  model = model_lib.MuJo(config)
+
+  def loss(params, batch):
+    embeddings = model.apply({"params": params}, batch)
+    masks = {m: batch["modality_mask"][:, model_lib.MODALITIES.index(m)] for m in embeddings}
+    total, _ = contrastive.dense_contrastive_loss(
+        embeddings, masks, [("imu", "text")], model_lib.logit_scale(params, config))
+    return total, embeddings
+  return jax.value_and_grad(loss, has_aux=True)
+
+
+@pytest.fixture(scope="module")
+def layered():
+  """Shared weights (unscanned layout) and batch, and each variant's compiled run, once."""
+  config = layered_config()
+  batch = make_batch(config, batch_size=32)
+  for key in ("pose", "video"):
+    del batch[key]
+  batch["modality_mask"][::5, model_lib.MODALITIES.index("text")] = 0   # a few without text
+  params = random_params(config, batch)
+  runs = {}
+
+  def run(remat, scan):
+    if (remat, scan) not in runs:
+      config = layered_config(remat, scan)
+      p = model_lib.stack_blocks(params, config) if scan else params
+      fn = contrastive_value_and_grad(config)
+      compiled = jax.jit(fn).lower(p, batch).compile()
+      (loss, embeddings), grads = compiled(p, batch)
+      runs[remat, scan] = {
+          "loss": loss, "embeddings": embeddings,
+          "grads": model_lib.unstack_blocks(grads, config) if scan else grads,
+          "temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
+          "compiled_dots": len(re.findall(r" dot\(", compiled.as_text())),
+          "jaxpr": jax.make_jaxpr(fn)(p, batch)}
+    return runs[remat, scan]
+  return params, run
+
+
+@pytest.mark.parametrize("remat,scan", [
+    ("full", False), ("dots_saveable", False), ("none", True), ("full", True),
+    pytest.param("dots_saveable", True, marks=pytest.mark.slow)])
+def test_remat_and_scan_give_the_same_embeddings_loss_and_gradients(layered, remat, scan):
+  _, run = layered
+  want, got = run("none", False), run(remat, scan)
+  assert np.isfinite(want["loss"]) and want["loss"] > 0.1
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
+  for modality in ("imu", "text"):
+    np.testing.assert_allclose(got["embeddings"][modality], want["embeddings"][modality],
+                               rtol=1e-5, atol=1e-6)
+  assert jax.tree.structure(got["grads"]) == jax.tree.structure(want["grads"])
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got["grads"]),
+                          jax.tree.leaves(want["grads"])):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  # Not trivially equal: the blocks matter to the loss.
+  block_grad = want["grads"]["text"]["encoder"]["block_1"]["mlp_in"]["kernel"]
+  assert np.linalg.norm(block_grad) > 1e-3
+
+
+def _checkpoint_policies(jaxpr) -> list:
+  """The policy of every jax.checkpoint (remat) equation in a (nested) jaxpr."""
+  return [eqn.params["policy"] for eqn in _equations(jaxpr)
+          if eqn.primitive.name in ("checkpoint", "remat2")]
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_is_in_the_program(layered, scan):
+  """Each block's gradient goes through jax.checkpoint with the configured policy."""
+  _, run = layered
+  assert not _checkpoint_policies(run("none", scan)["jaxpr"])
+  modes = ("full", "dots_saveable") if not scan else ("full",)
+  for remat in modes:
+    policies = _checkpoint_policies(run(remat, scan)["jaxpr"])
+    assert policies and all(p is model_lib.REMAT_POLICIES[remat] for p in policies), policies
+  if not scan:
+    # "full" recomputes the blocks' matmuls: the recomputation survives XLA's CSE.
+    assert run("full", False)["compiled_dots"] > run("none", False)["compiled_dots"]
+
+
+def test_scanned_remat_uses_less_temporary_memory(layered):
+  """Under scan the recomputation stays in the backward loop, so XLA's temp buffers shrink.
+
+  (Unscanned, XLA:CPU schedules the recomputation early and the temp size does not
+  change; see test_remat_is_in_the_program for that case.)
+  """
+  _, run = layered
+  none, full = run("none", True)["temp_bytes"], run("full", True)["temp_bytes"]
+  assert full < 0.6 * none, (full, none)
+
+
+def test_scan_runs_one_block_body(layered):
+  _, run = layered
+  config = layered_config(scan_layers=True)
+  shapes = param_shapes(config, make_batch(config))
+  assert set(shapes["imu"]["encoder"]) == {"blocks"}
+  assert shapes["imu"]["encoder"]["blocks"]["mlp_in"]["kernel"].shape == (2, 32, 64)
+  assert shapes["text"]["encoder"]["blocks"]["attention"]["query"]["kernel"].shape == (2, 32, 2, 16)
+  primitives = lambda run: collections.Counter(e.primitive.name for e in _equations(run["jaxpr"]))
+  scanned, plain = primitives(run("none", True)), primitives(run("none", False))
+  assert scanned["scan"] >= 2 and plain["scan"] == 0    # forward and backward
+  # One block body per tower and direction instead of `depth` copies.
+  assert scanned["dot_general"] < plain["dot_general"]
+
+
+def test_block_layout_conversion_round_trips_exactly():
+  config = layered_config()
+  config.towers.text.depth = 3                 # depths may differ per tower
+  scanned_config = layered_config(scan_layers=True)
+  scanned_config.towers.text.depth = 3
+  batch = make_batch(config)
+  params = random_params(config, batch)
+  stacked = model_lib.stack_blocks(params, scanned_config)
+  assert (jax.tree.map(jnp.shape, stacked)
+          == jax.tree.map(jnp.shape, param_shapes(scanned_config, batch)))
+  np.testing.assert_array_equal(stacked["text"]["encoder"]["blocks"]["mlp_out"]["bias"][2],
+                                params["text"]["encoder"]["block_2"]["mlp_out"]["bias"])
+  back = model_lib.unstack_blocks(stacked, scanned_config)
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  # Wrong layout or depth: errors that name the tower.
+  with pytest.raises(ValueError, match=r"imu/encoder has \['blocks'\].*unscanned"):
+    model_lib.stack_blocks(stacked, scanned_config)
+  with pytest.raises(ValueError, match=r"imu/encoder has \['block_0', 'block_1'\].*scanned"):
+    model_lib.unstack_blocks(params, scanned_config)
+  with pytest.raises(ValueError, match=r"text/encoder/blocks has leading axes \[3\].*depth 4"):
+    scanned_config.towers.text.depth = 4
+    model_lib.unstack_blocks(stacked, scanned_config)
+
+
+def test_unknown_remat_fails_clearly():
+  config = tiny_config(remat="selective")
+  with pytest.raises(ValueError, match=r"unknown config.remat 'selective'; known: "
+                                       r"\('none', 'full', 'dots_saveable'\)"):
+    param_shapes(config, make_batch(config))
+
+
+def test_analytic_flops_ignore_remat_and_scan():
+  """Recomputation is hardware work, not model work: MFU counts model FLOPs."""
+  plain = model_lib.analytic_flops(tiny_config())
+  for remat in model_lib.REMAT_POLICIES:
+    assert model_lib.analytic_flops(tiny_config(remat=remat, scan_layers=True)) == plain
