@@ -5,24 +5,34 @@ Indexed shards (the normal case; local or gs://, see storage.py):
   -> a seeded order of all records reshuffled every epoch, cut into global
      batches; this process reads its contiguous part of each (jax.process_index()
      of jax.process_count()), a batch at a time (ShuffledRecordBatches)
-  -> parsed in one vectorised step per batch (records.decode_batch)
+  -> read and decoded a batch at a time (DecodedBatches, IndexedShardSource.read_batch):
+     a record's first read is whole (CRC per `crc_check`) and fills a per-process
+     table of its small fields and array offsets (records.scan_records); later
+     reads fetch only the byte ranges the batch needs (one IMU location, not all)
+     unless `crc_check="always"`; with `cache_in_memory` the decoded arrays stay
+     in RAM and a batch is one gather per field
   -> per-example augmentation, vectorised over the batch (IMU location, modality dropout)
-  -> multi-worker prefetch.
+  -> multi-worker prefetch (each worker keeps its own tables and cache).
 Everything before the prefetch is a Grain MapDataset, so the iterator state is an
-element index: it checkpoints with Orbax (grain.checkpoint) and resumes exactly.
+element index: it checkpoints with Orbax (grain.checkpoint) and resumes exactly,
+whatever the CRC or cache mode.
 
 Shards without an index are read sequentially with a window shuffle.
 
 The trainer turns each host-local batch into a global jax.Array sharded over the
-mesh's data axis with `to_global_batch`.
+mesh's data axis with `to_global_batch`, or `prefetch_to_device` keeps a few
+batches already on the devices, ahead of the step.
 """
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 
 from absl import flags
@@ -35,6 +45,8 @@ from mujo_jax import storage
 from mujo_jax import tfrecord
 
 SIGNAL_KEYS = ("imu", "pose", "video")
+CRC_CHECKS = ("always", "first_pass", "off")
+_MERGE_GAP_BYTES = 512  # ranges of one record closer than this are read as one (field headers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,16 +75,39 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
   remote storage its requests go out concurrently (storage.RangeReader: whole
   cached blocks when the split fits `remote_cache_bytes`, else exact ranges).
 
+  `read_batch` decodes a batch directly. What it learns stays in the process
+  (each Grain worker has its own): the small fields and array offsets of every
+  record read so far, which records had their CRC checked, and with
+  `cache_in_memory` their decoded arrays.
+
+  crc_check: "always" reads whole records and checks every read; "first_pass"
+    checks a record the first time this process reads it, then reads only the
+    byte ranges a batch needs; "off" never checks (first reads are still whole:
+    they find the offsets). verify_crc=False is the old spelling of "off".
+  cache_in_memory: keep each record's decoded arrays (all IMU locations) after
+    its first read, in one preallocated array per field over the whole split,
+    so a batch is one gather per field with no parsing and no per-record
+    objects. A record then comes from storage (and has its CRC checked) once,
+    whatever crc_check says. Only rows this process has read take memory
+    (untouched pages are never mapped); since every epoch reshuffles the global
+    order, a long run reaches the whole split in every process and worker
+    (`cache_bytes`).
   sizes: {shard path: bytes}, when a folder listing already gave them.
   """
 
   def __init__(self, paths: Sequence[str], *, verify_crc: bool = True,
+               crc_check: str | None = None, cache_in_memory: bool = False,
                skip_corrupt: bool = False, sizes: dict[str, int] | None = None,
                remote_block_bytes: int = 8 << 20, remote_cache_bytes: int = 256 << 20):
     if not paths:
       raise ValueError("no shards given")
+    crc_check = crc_check or ("always" if verify_crc else "off")
+    if crc_check not in CRC_CHECKS:
+      raise ValueError(f"crc_check {crc_check!r} is not one of {CRC_CHECKS}")
     self.paths = list(paths)
-    self.verify_crc = verify_crc
+    self.crc_check = crc_check
+    self.verify_crc = crc_check != "off"
+    self.cache_in_memory = cache_in_memory
     self.skip_corrupt = skip_corrupt
     self._sizes = [None if sizes is None else sizes[p] for p in self.paths]
     self._indexes = [tfrecord.load_index(p, n) for p, n in zip(self.paths, self._sizes)]
@@ -82,14 +117,25 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
     # Remote blocks are cached only when all shards fit the cache (see storage.RangeReader).
     self.total_bytes = (None if sizes is None else sum(self._sizes))
     self.caches_blocks = self.total_bytes is not None and self.total_bytes <= remote_cache_bytes
+    self._reset_process_state()
+    self.num_skipped = 0
+
+  def _reset_process_state(self):
     self._readers: dict[int, tfrecord.ShardReader] = {}
     self._cache = None
-    self.num_skipped = 0
+    self._checked = np.zeros(len(self), bool)  # CRC checked once in this process
+    self._tables = None   # _RecordTables, made on the first read_batch
+    self._lock = threading.Lock()
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    state["_readers"], state["_cache"] = {}, None
+    for key in ("_readers", "_cache", "_checked", "_tables", "_lock"):
+      del state[key]
     return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._reset_process_state()
 
   def __len__(self) -> int:
     return int(self._starts[-1])
@@ -100,11 +146,13 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
   def _reader(self, shard: int) -> tfrecord.ShardReader:
     reader = self._readers.get(shard)
     if reader is None:
-      if self._cache is None and self.caches_blocks:
-        self._cache = storage.BlockCache(self._cache_bytes)
-      reader = self._readers[shard] = tfrecord.ShardReader(
-          self.paths[shard], verify=self.verify_crc, index=self._indexes[shard],
-          size=self._sizes[shard], block_bytes=self._block_bytes, cache=self._cache)
+      with self._lock:
+        if self._cache is None and self.caches_blocks:
+          self._cache = storage.BlockCache(self._cache_bytes)
+        reader = self._readers.get(shard) or tfrecord.ShardReader(
+            self.paths[shard], verify=self.verify_crc, index=self._indexes[shard],
+            size=self._sizes[shard], block_bytes=self._block_bytes, cache=self._cache)
+        self._readers[shard] = reader
     return reader
 
   def _locate(self, index: int) -> tuple[int, int]:
@@ -122,21 +170,38 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
     """Remote read requests made by this process's readers so far."""
     return sum(r.num_requests for r in self._readers.values())
 
+  @property
+  def cache_bytes(self) -> int:
+    """Bytes of decoded arrays this process holds in its RAM cache."""
+    tables = self._tables
+    if tables is None or tables.ram is None:
+      return 0
+    return int(tables.cached.sum()) * sum(a[0].nbytes for a in tables.ram.values())
+
   def __getitem__(self, index: int) -> tuple[int, bytes | None]:
     return self._getitems([index])[0]
 
+  def _by_shard(self, indices: Sequence[int]) -> dict[int, list[tuple[int, int]]]:
+    """{shard: [(position in indices, record in shard)]}."""
+    shards, local = self._locate_many(indices)
+    by_shard: dict[int, list[tuple[int, int]]] = {}
+    for k, (shard, i) in enumerate(zip(shards.tolist(), local)):
+      by_shard.setdefault(shard, []).append((k, i))
+    return by_shard
+
   def _getitems(self, indices: Sequence[int]) -> list[tuple[int, bytes | None]]:
-    located = [self._locate(int(i)) for i in indices]
-    by_shard: dict[int, list[int]] = {}
-    for k, (shard, _) in enumerate(located):
-      by_shard.setdefault(shard, []).append(k)
+    """Whole payloads, CRCs checked as `crc_check` says."""
+    indices = [int(i) for i in indices]
+    verify = {"always": [True] * len(indices), "off": [False] * len(indices),
+              "first_pass": (~self._checked[indices]).tolist()}[self.crc_check]
     payloads: list = [None] * len(indices)
-    for shard, ks in by_shard.items():
-      reader = self._reader(shard)
-      for k, payload in zip(ks, reader.read_many([located[k][1] for k in ks])):
+    for shard, located in self._by_shard(indices).items():
+      got = self._reader(shard).read_many([i for _, i in located],
+                                          verify=[verify[k] for k, _ in located])
+      for (k, _), payload in zip(located, got):
         payloads[k] = payload
     out = []
-    for index, payload in zip(indices, payloads):
+    for index, payload, checked in zip(indices, payloads, verify):
       if isinstance(payload, tfrecord.CorruptRecordError):
         if not self.skip_corrupt:
           raise payload
@@ -144,7 +209,162 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
         logging.warning("skipping corrupt record (%d skipped so far in this process): %s",
                         self.num_skipped, payload)
         payload = None
+      elif checked:
+        self._checked[index] = True
       out.append((index, payload))
+    return out
+
+  def read_batch(self, info: records.DatasetInfo, indices: Sequence[int],
+                 imu_location=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Decoded records -> (batch as records.decode_batch makes it, kept [B] bool).
+
+    kept is False for corrupt records skipped (skip_corrupt); the batch holds
+    only the kept ones. imu_location(kept, imu_location_mask [B', S]) -> [B']
+    picks one location per record (-1: none) before any array is read, so only
+    that location's bytes are fetched and copied.
+    """
+    tables = self._record_tables(info)
+    ids = np.asarray(indices, np.int64).reshape(-1)
+    if self.cache_in_memory:
+      whole = ~tables.cached[ids]
+    elif self.crc_check == "always":
+      whole = np.ones(len(ids), bool)
+    else:
+      whole = ~tables.known[ids]
+    kept = np.ones(len(ids), bool)
+    payloads = {}
+    if whole.any():
+      for k, (_, payload) in zip(np.flatnonzero(whole).tolist(), self._getitems(ids[whole])):
+        if payload is None:
+          kept[k] = False
+        else:
+          payloads[k] = payload
+      tables.learn(self, ids, payloads)
+    ids = ids[kept]
+    payloads = {int(j): payloads[k] for j, k in enumerate(np.flatnonzero(kept).tolist())
+                if k in payloads}
+    batch = {k: v[ids] for k, v in tables.small.items()}
+    location = None
+    if imu_location is not None:
+      location = np.asarray(imu_location(kept, batch["imu_location_mask"]), np.int32)
+      batch["imu_location"] = location
+      batch["modality_mask"][:, 0] &= location >= 0
+    if self.cache_in_memory:
+      batch.update(tables.gather(ids, location))
+    else:
+      ranges = records.field_ranges(info, tables.offsets[ids], location)
+      arrays = records.new_arrays(info, len(ids), location is not None)
+      records.copy_arrays(info, [[(0, payloads[k])] if k in payloads else None
+                                 for k in range(len(ids))], ranges, location is not None, arrays)
+      self._read_into(ids, ranges, arrays, [k for k in range(len(ids)) if k not in payloads])
+      batch.update(arrays)
+    batch["clip_id"] = tables.clip_ids[ids]
+    return batch, kept
+
+  def _read_into(self, ids: np.ndarray, ranges: np.ndarray, arrays: dict[str, np.ndarray],
+                 todo: list[int]) -> None:
+    """Reads the needed byte ranges of records `todo` straight into their batch rows.
+
+    A record's fields closer than _MERGE_GAP_BYTES (pose, text_ids, video: only
+    their entry headers lie between) are one scatter read, the headers landing
+    in a scratch buffer; a chosen IMU location is another.
+    """
+    if not todo:
+      return
+    flat = [memoryview(row.reshape(-1)) for row in records.byte_rows(arrays)]
+    widths = [row.shape[1] for row in records.byte_rows(arrays)]
+    scratch = memoryview(bytearray(_MERGE_GAP_BYTES))
+    starts, counts = ranges[todo, :, 0], ranges[todo, :, 1]
+    order = np.argsort(np.where(counts > 0, starts, np.iinfo(np.int64).max), axis=1,
+                       kind="stable")
+    starts = np.take_along_axis(starts, order, axis=1).tolist()
+    counts = np.take_along_axis(counts, order, axis=1).tolist()
+    requests = []  # (k, payload offset, [buffers])
+    for k, field_order, record_starts, record_counts in zip(todo, order.tolist(), starts, counts):
+      end = None
+      for j, start, count in zip(field_order, record_starts, record_counts):
+        if not count:
+          break
+        if end is not None and start - end <= _MERGE_GAP_BYTES:
+          if start > end:
+            requests[-1][2].append(scratch[:start - end])
+        else:
+          requests.append((k, start, []))
+        requests[-1][2].append(flat[j][k * widths[j]:k * widths[j] + count])
+        end = start + count
+    shards, local = self._locate_many(ids[[k for k, _, _ in requests]])
+    for shard in np.unique(shards).tolist():
+      here = np.flatnonzero(shards == shard).tolist()
+      self._reader(shard).read_into(
+          [(local[w], requests[w][1], requests[w][2]) for w in here])
+
+  def _locate_many(self, indices: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """(shard [N], record in shard [N]) of global record indices."""
+    indices = np.asarray(indices, np.int64)
+    if len(indices) and not (0 <= indices.min() and indices.max() < len(self)):
+      raise IndexError(f"records outside [0, {len(self)}) asked for")
+    shards = np.searchsorted(self._starts, indices, side="right") - 1
+    return shards, (indices - self._starts[shards]).tolist()
+
+  def _record_tables(self, info: records.DatasetInfo) -> "_RecordTables":
+    if self._tables is None:
+      with self._lock:
+        if self._tables is None:
+          self._tables = _RecordTables(info, len(self), self.cache_in_memory)
+    return self._tables
+
+
+class _RecordTables:
+  """Per process: what scan_records found for each record read so far, and the RAM cache.
+
+  Filled in place by concurrent reader threads; a record's row is written
+  before its `known`/`cached` flag, and two threads that read the same record
+  write the same values.
+  """
+
+  def __init__(self, info: records.DatasetInfo, num_records: int, with_cache: bool):
+    self.info = info
+    self.known = np.zeros(num_records, bool)
+    self.offsets = np.full((num_records, len(records.ARRAY_KEYS)), -1, np.int64)
+    widths = {"modality_mask": (len(records.MODALITIES),),
+              "imu_location_mask": (len(info.imu_locations),)}
+    self.small = {k: np.zeros((num_records,) + widths.get(k, ()), np.int32)
+                  for k in records.SMALL_KEYS}
+    self.clip_ids = np.empty(num_records, dtype=object)
+    self.cached = np.zeros(num_records, bool)
+    # np.zeros: pages are mapped (and zeroed) only when a row is first written.
+    self.ram = records.new_arrays(info, num_records, False) if with_cache else None
+
+  def learn(self, source: IndexedShardSource, ids: np.ndarray, payloads: dict[int, bytes]):
+    """Records what whole payloads {position in ids: payload} say (and caches them)."""
+    new = [k for k in payloads if not self.known[ids[k]]]
+    if new:
+      rows = ids[new]
+      facts = records.scan_records(self.info, [payloads[k] for k in new],
+                                   where=lambda j: source.describe(int(rows[j])))
+      self.offsets[rows] = facts["offsets"]
+      for key in records.SMALL_KEYS:
+        self.small[key][rows] = facts[key]
+      self.clip_ids[rows] = facts["clip_id"]
+      self.known[rows] = True
+    if self.ram is not None:
+      todo = list(payloads)
+      rows = ids[todo]
+      arrays = records.copy_arrays(self.info, [[(0, payloads[k])] for k in todo],
+                                   records.field_ranges(self.info, self.offsets[rows], None),
+                                   False)
+      for key, values in arrays.items():
+        self.ram[key][rows] = values
+      self.cached[rows] = True
+
+  def gather(self, ids: np.ndarray, location: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The batch's arrays from the cache: one fancy-index gather per field."""
+    out = {k: v[ids] for k, v in self.ram.items() if k != "imu"}
+    if location is None:
+      out["imu"] = self.ram["imu"][ids]
+    else:
+      out["imu"] = self.ram["imu"][ids, np.maximum(location, 0)]
+      out["imu"][location < 0] = 0
     return out
 
 
@@ -232,6 +452,46 @@ class ShuffledRecordBatches(grain.MapDataset):
     return [(i, p, q) for (i, p), q in zip(records_, self.positions(index).tolist())]
 
 
+class DecodedBatches(grain.MapDataset):
+  """ShuffledRecordBatches' batch k, read and decoded by the source, then augmented.
+
+  The records are read here rather than by ShuffledRecordBatches so that the
+  source can fetch only what the batch needs (IMU location chosen first) or
+  serve it from its RAM cache. Random draws are PositionalRandom(seed, stream
+  positions), so a batch does not depend on process count, workers or mode.
+  """
+
+  def __init__(self, parent: ShuffledRecordBatches, source: IndexedShardSource,
+               info: records.DatasetInfo, config: AugmentConfig, seed: int):
+    super().__init__(parent)
+    self._source, self._info, self._config, self._seed = source, info, config, seed
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def __str__(self) -> str:
+    return (f"DecodedBatches(crc_check={self._source.crc_check}, "
+            f"cache_in_memory={self._source.cache_in_memory})")
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"batch {index} outside [0, {len(self)})")
+    positions = self._parent.positions(index)
+    rngs = []
+
+    def choose(kept, location_mask):
+      rngs.append(PositionalRandom(self._seed, positions[kept]))
+      return choose_imu_locations(location_mask, rngs[0], self._config, self._info)
+
+    batch, kept = self._source.read_batch(
+        self._info, self._parent.record_ids(index),
+        None if self._config.imu_locations == "all" else choose)
+    rng = rngs[0] if rngs else PositionalRandom(self._seed, positions[kept])
+    return augment(batch, rng, self._config)
+
+
 class PositionalRandom:
   """Uniform draws keyed by each example's stream position and the seed, not by how
   the batch was cut: a process's part of a global batch draws exactly what a
@@ -267,32 +527,34 @@ def _splitmix64(z):
 
 
 class SequentialShardDataset(grain.IterDataset):
-  """One unindexed shard read front to back, CRCs checked.
+  """One unindexed shard read front to back, CRCs checked unless `verify` is False.
 
   Grain's own TFRecordIterDataset does not check CRCs and does not name the file
   in its errors, hence this small reader. State is the byte offset, so it
   checkpoints too.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, verify: bool = True):
     super().__init__()
     self.path = path
+    self.verify = verify
 
   def __iter__(self):
-    return _SequentialShardIterator(self.path)
+    return _SequentialShardIterator(self.path, self.verify)
 
 
 class _SequentialShardIterator(grain.DatasetIterator):
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, verify: bool):
     super().__init__()
     self._path = path
+    self._verify = verify
     self._offset = 0
     self._records = None
 
   def __next__(self) -> tuple[str, bytes]:
     if self._records is None:
-      self._records = tfrecord.iter_records(self._path, start=self._offset)
+      self._records = tfrecord.iter_records(self._path, verify=self._verify, start=self._offset)
     offset, payload = next(self._records)
     record_start, self._offset = self._offset, offset + len(payload) + 4
     return f"{self._path}: record at byte offset {record_start}", payload
@@ -322,11 +584,14 @@ def choose_imu_locations(location_mask: np.ndarray, rng: np.random.Generator,
 
 def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
             config: AugmentConfig) -> dict[str, np.ndarray]:
-  """Modality dropout on a parsed batch (see AugmentConfig)."""
+  """Modality dropout on a parsed batch (see AugmentConfig).
+
+  Hidden rows of the arrays are zeroed in place (the batch's arrays are fresh
+  per batch; a copy of each would cost as much as decoding them).
+  """
   if config.modality_dropout <= 0:
     return batch
   batch = dict(batch)
-  n = len(batch["label"])
   mask = batch["modality_mask"].astype(bool)
   drop = rng.random(mask.shape) < config.modality_dropout
   kept = mask & ~drop
@@ -339,8 +604,7 @@ def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
   for j, key in enumerate(("imu", "pose", "video", "text_ids")):
     hidden = mask[:, j] & ~new_mask[:, j]
     if hidden.any():
-      batch[key] = np.where(hidden.reshape((n,) + (1,) * (batch[key].ndim - 1)),
-                            np.zeros((), batch[key].dtype), batch[key])
+      batch[key][hidden] = 0
   batch["text_len"] = np.where(new_mask[:, 3], batch["text_len"], 0).astype(np.int32)
   batch["modality_mask"] = new_mask.astype(np.int32)
   return batch
@@ -370,7 +634,8 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
                  process_index: int | None = None, process_count: int | None = None,
                  skip_corrupt: bool = False, shuffle_window: int = 4096,
                  read_threads: int = 2, remote_block_bytes: int = 8 << 20,
-                 remote_cache_bytes: int = 256 << 20) -> grain.IterDataset:
+                 remote_cache_bytes: int = 256 << 20, crc_check: str = "always",
+                 cache_in_memory: bool = False) -> grain.IterDataset:
   """Builds this process's pipeline for one split; `batch_size` is per process.
 
   data_dir: a local folder or a gs:// URI. Each process reads its disjoint part
@@ -378,7 +643,13 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
   `make_iterator` to add multi-worker prefetch.
   remote_block_bytes, remote_cache_bytes: read-ahead unit and block cache (per
   process and worker) on remote storage (storage.RangeReader).
+  crc_check, cache_in_memory: see IndexedShardSource. Neither changes the
+  batches or the iterator state, only the cost. Unindexed shards are read whole
+  and sequentially: there crc_check is "off" or checks every read, and there is
+  no cache.
   """
+  if crc_check not in CRC_CHECKS:
+    raise ValueError(f"crc_check {crc_check!r} is not one of {CRC_CHECKS}")
   info = records.DatasetInfo.load(data_dir)
   paths = info.shard_paths(data_dir, split)
   listing = storage.list_sizes(data_dir)  # one listing: which shards have indexes, sizes
@@ -394,6 +665,7 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
   unindexed = [p for p in paths if os.path.basename(tfrecord.index_path(p)) not in listing]
   if not unindexed:
     source = IndexedShardSource(paths, skip_corrupt=skip_corrupt, sizes=sizes,
+                                crc_check=crc_check, cache_in_memory=cache_in_memory,
                                 remote_block_bytes=remote_block_bytes,
                                 remote_cache_bytes=remote_cache_bytes)
     if storage.is_remote(data_dir) and not source.caches_blocks:
@@ -408,7 +680,7 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
         drop_remainder=drop_remainder and not skip_corrupt)
     # Elements are whole batches: a couple of reader threads and a short buffer
     # (Grain's defaults, 16 threads and 500 elements, are sized for examples).
-    ds = ds.random_map(parse(source.describe), seed=seed).to_iter_dataset(
+    ds = DecodedBatches(ds, source, info, augment_config, seed).to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
     if not skip_corrupt:
       return ds
@@ -417,11 +689,13 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
     logging.warning("%d shard(s) of %s have no index (e.g. %s): reading sequentially with a "
                     "window shuffle; build indexes with `python -m mujo_jax.tfrecord SHARD...` "
                     "for global shuffling", len(unindexed), split, unindexed[0])
+    if cache_in_memory:
+      logging.warning("cache_in_memory needs indexed shards; reading %s without a cache", split)
     mine = paths[process_index::process_count]
     if not mine:
       raise ValueError(f"split {split!r} has {len(paths)} unindexed shards, fewer than "
                        f"{process_count} processes; index them or write more shards")
-    shards = [SequentialShardDataset(p) for p in mine]
+    shards = [SequentialShardDataset(p, verify=crc_check != "off") for p in mine]
     ds = grain.experimental.InterleaveIterDataset(shards, cycle_length=len(shards))
     if shuffle:
       ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
@@ -464,3 +738,74 @@ def iterate_global(iterator: Iterator[dict[str, np.ndarray]], mesh: jax.sharding
                    data_axis: str | tuple[str, ...] = "data") -> Iterator[dict[str, jax.Array]]:
   for batch in iterator:
     yield to_global_batch(batch, mesh, data_axis)
+
+
+def prefetch_to_device(iterator: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
+                       size: int = 2, data_axis: str | tuple[str, ...] = "data",
+                       keys: Sequence[str] | None = None) -> "DevicePrefetchIterator":
+  """Global batches (as iterate_global) with `size` more already sent to the devices.
+
+  The host-to-device copies of the next batches overlap the current step (jax
+  dispatches them asynchronously). Checkpoint the returned iterator, not the
+  host one: that one is `size` batches ahead. keys: the fields to keep (default
+  all), e.g. the model's inputs.
+  """
+  return DevicePrefetchIterator(iterator, mesh, size, data_axis, keys)
+
+
+class DevicePrefetchIterator(grain.DatasetIterator):
+  """A deque of `size` batches already on the devices, ahead of the one handed out.
+
+  Each entry carries the host iterator's state right after that batch was
+  taken from it, so `get_state()` is the state as of the last batch handed out
+  (restoring it continues with the next one) and `set_state` rewinds the host
+  iterator and drops what was queued. Saves with grain.checkpoint like any
+  Grain iterator.
+  """
+
+  def __init__(self, iterator: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
+               size: int = 2, data_axis: str | tuple[str, ...] = "data",
+               keys: Sequence[str] | None = None):
+    super().__init__(iterator if isinstance(iterator, grain.DatasetIterator) else ())
+    if size < 0:
+      raise ValueError(f"prefetch size {size} < 0")
+    self._host, self._mesh, self._size, self._axis = iterator, mesh, size, data_axis
+    self._keys = None if keys is None else tuple(keys)
+    self._queue: collections.deque = collections.deque()
+    self._state = self._host_state()
+
+  def _host_state(self):
+    """None for a plain iterator (it has no state to save)."""
+    get_state = getattr(self._host, "get_state", None)
+    return None if get_state is None else copy.deepcopy(get_state())
+
+  def _fill(self, size: int) -> None:
+    while len(self._queue) < size:
+      try:
+        local = next(self._host)
+      except StopIteration:
+        return
+      if self._keys is not None:
+        local = {k: local[k] for k in self._keys}
+      self._queue.append((to_global_batch(local, self._mesh, self._axis), self._host_state()))
+
+  def __next__(self) -> dict[str, jax.Array]:
+    self._fill(max(self._size, 1))
+    if not self._queue:
+      raise StopIteration
+    batch, self._state = self._queue.popleft()
+    self._fill(self._size)  # the next copies start before this batch's step
+    return batch
+
+  def get_state(self):
+    return copy.deepcopy(self._state)
+
+  def set_state(self, state) -> None:
+    self._queue.clear()
+    self._host.set_state(state)
+    self._state = copy.deepcopy(state)
+
+  def close(self) -> None:
+    self._queue.clear()
+    if hasattr(self._host, "close"):
+      self._host.close()

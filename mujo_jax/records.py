@@ -23,6 +23,15 @@ A modality that a record lacks is simply absent (its mask entry 0); the reader
 fills zeros so batches keep fixed shapes. `dataset_info.json` beside the shards
 describes shapes, rates, names, tokenizer and splits; the reader validates every
 record against it.
+
+Reading does not parse records with protobuf: the writer serialises
+deterministically (map keys sorted, ints packed), so `scan_records` walks a
+record's few entry headers to find each array's byte offset and the small
+fields, and `copy_arrays` copies each array with one `np.frombuffer`. Knowing
+the offsets, a reader can also fetch just the bytes it needs from the file
+(input_pipeline.py: one IMU location of S). Records in any other wire layout
+are parsed by protobuf instead, and invalid ones are rejected
+(RecordFormatError naming the record), never misread.
 """
 
 from __future__ import annotations
@@ -250,10 +259,222 @@ def encode_example(info: DatasetInfo, example: Mapping[str, Any]) -> bytes:
   return proto.SerializeToString(deterministic=True)  # map order fixed: same bytes every run
 
 
+ARRAY_KEYS = ("imu", "pose", "video", "text_ids")  # the array fields, in MODALITIES order
+SMALL_KEYS = ("text_len", "label", "window_index", "modality_mask", "imu_location_mask")
+
+
+def scan_records(info: DatasetInfo, payloads: Sequence[bytes],
+                 where: Callable[[int], str] | None = None, *,
+                 use_protobuf: bool = False) -> dict[str, np.ndarray]:
+  """The small fields of each record and where its arrays lie in it, without copying them.
+
+  Returns `offsets` int64 [B, 4] (byte offset of imu, pose, video, text_ids
+  inside each payload; -1 where absent), `clip_id` object [B] and the int32
+  SMALL_KEYS (`modality_mask` [B, 4], `imu_location_mask` [B, S], the rest
+  [B]); `text_len` is 0 where text is absent. With these, a record's arrays are
+  read with `np.frombuffer` at known offsets, or fetched as byte ranges from the
+  file without reading the rest of the record.
+
+  Records from our writer are walked entry by entry (`_scan_fixed_layout`: a few
+  varints per field, no copies). Anything else that the walk does not accept
+  exactly (another key order or extra features are fine; other wire fields,
+  unpacked ints, several values, corruption are not) is parsed by protobuf, which raises
+  RecordFormatError naming `where(i)` if the record is invalid; its array
+  offsets are then found by searching the payload for each value's bytes, so
+  whatever is read there is byte for byte that value.
+  """
+  specs = info.array_specs()
+  nbytes = tuple(specs[k].nbytes for k in ARRAY_KEYS)
+  num_loc = len(info.imu_locations)
+  n = len(payloads)
+  offsets = np.full((n, len(ARRAY_KEYS)), -1, np.int64)
+  small = np.zeros((n, 3 + len(MODALITIES) + num_loc), np.int64)
+  clip_ids = np.empty(n, dtype=object)
+  for i, payload in enumerate(payloads):
+    scanned = None if use_protobuf else _scan_fixed_layout(payload, nbytes, num_loc)
+    if scanned is None:
+      scanned = _scan_with_protobuf(info, payload, nbytes, lambda: _where(where, i))
+    offsets[i], small[i], clip_ids[i] = scanned
+  facts = {"offsets": offsets, "clip_id": clip_ids}
+  facts["modality_mask"] = small[:, 3:3 + len(MODALITIES)].astype(np.int32)
+  facts["imu_location_mask"] = small[:, 3 + len(MODALITIES):].astype(np.int32)
+  for j, key in enumerate(("text_len", "label", "window_index")):
+    facts[key] = small[:, j].astype(np.int32)
+  return facts
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+  byte = buf[pos]
+  if byte < 0x80:
+    return byte, pos + 1
+  value, shift = 0, 0
+  while True:
+    byte = buf[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    if byte < 0x80:
+      return value, pos
+    shift += 7
+    if shift > 63:
+      raise ValueError("varint too long")
+
+
+def _packed_int64s(buf: bytes, start: int, stop: int) -> list[int]:
+  values = list(buf[start:stop])
+  if max(values, default=0) < 0x80:
+    return values  # one byte each: masks, small labels (the common case)
+  values, pos = [], start
+  while pos < stop:
+    value, pos = _varint(buf, pos)
+    values.append(value - (1 << 64) if value >= 1 << 63 else value)
+  if pos != stop:
+    raise ValueError("varint runs past its field")
+  return values
+
+
+# Wire bytes of tf.train.Example as the writer emits it: Example.features (field 1),
+# Features.feature map entries (field 1) of key (field 1) and Feature (field 2),
+# Feature.bytes_list (field 1) or int64_list (field 3), and their one value (field 1,
+# packed for ints). All length-delimited, so every tag is (field << 3) | 2.
+_TAG_1, _TAG_2, _TAG_INT64_LIST = 0x0A, 0x12, 0x1A
+
+
+def _scan_fixed_layout(payload: bytes, nbytes: tuple[int, ...], num_loc: int):
+  """(offsets [4], small ints, clip_id) of a record in the writer's layout, else None."""
+  try:
+    if not payload or payload[0] != _TAG_1:
+      return None
+    length, pos = _varint(payload, 1)
+    end = len(payload)
+    if pos + length != end:
+      return None
+    fields = {}
+    while pos < end:
+      if payload[pos] != _TAG_1:
+        return None
+      length, pos = _varint(payload, pos + 1)
+      entry_end = pos + length
+      key_len = payload[pos + 1]
+      if payload[pos] != _TAG_1 or key_len >= 0x80:
+        return None
+      key = payload[pos + 2:pos + 2 + key_len]
+      pos += 2 + key_len
+      if payload[pos] != _TAG_2:
+        return None
+      length, pos = _varint(payload, pos + 1)
+      if pos + length != entry_end:
+        return None
+      kind = payload[pos]
+      list_len, pos = _varint(payload, pos + 1)
+      if list_len == 0 or pos + list_len != entry_end or payload[pos] != _TAG_1:
+        return None
+      value_len, pos = _varint(payload, pos + 1)
+      if pos + value_len != entry_end or entry_end > end:
+        return None
+      fields[key] = (kind, pos, value_len)
+      pos = entry_end
+    ints = {}
+    for key, count in ((b"modality_mask", len(MODALITIES)), (b"imu_location_mask", num_loc),
+                       (b"label", 1), (b"window_index", 1)):
+      kind, start, length = fields[key]
+      values = _packed_int64s(payload, start, start + length)
+      if kind != _TAG_INT64_LIST or len(values) != count:
+        return None
+      ints[key] = values
+    mask = ints[b"modality_mask"]
+    text_len = 0
+    if mask[3]:
+      kind, start, length = fields[b"text_len"]
+      values = _packed_int64s(payload, start, start + length)
+      if kind != _TAG_INT64_LIST or len(values) != 1:
+        return None
+      text_len = values[0]
+    offsets = [-1] * len(ARRAY_KEYS)
+    for j, key in enumerate((b"imu", b"pose", b"video", b"text_ids")):
+      if mask[j]:
+        kind, start, length = fields[key]
+        if kind != _TAG_1 or length != nbytes[j]:
+          return None
+        offsets[j] = start
+    kind, start, length = fields[b"clip_id"]
+    if kind != _TAG_1:
+      return None
+  except (KeyError, IndexError, ValueError):
+    return None
+  small = [text_len, ints[b"label"][0], ints[b"window_index"][0]] + mask + ints[b"imu_location_mask"]
+  return offsets, small, payload[start:start + length]
+
+
+def _scan_with_protobuf(info: DatasetInfo, payload: bytes, nbytes: tuple[int, ...], where):
+  """What _scan_fixed_layout returns, for any valid Example; RecordFormatError otherwise."""
+  specs = info.array_specs()
+  num_loc = len(info.imu_locations)
+  try:
+    fmap = tf_example_pb2.Example.FromString(payload).features.feature
+  except Exception as e:  # protobuf raises DecodeError, a private type
+    raise RecordFormatError(f"{where()}: not a tf.train.Example: {e}") from e
+  try:
+    mask = list(fmap["modality_mask"].int64_list.value)
+    loc_mask = list(fmap["imu_location_mask"].int64_list.value)
+    clip_id = fmap["clip_id"].bytes_list.value[0]
+    label = fmap["label"].int64_list.value[0]
+    window_index = fmap["window_index"].int64_list.value[0]
+  except (KeyError, IndexError) as e:
+    raise RecordFormatError(f"{where()}: missing field {e}") from e
+  if len(mask) != len(MODALITIES) or len(loc_mask) != num_loc:
+    raise RecordFormatError(f"{where()}: modality_mask/imu_location_mask have "
+                            f"{len(mask)}/{len(loc_mask)} entries, expected "
+                            f"{len(MODALITIES)}/{num_loc}")
+  try:
+    text_len = fmap["text_len"].int64_list.value[0] if mask[3] else 0
+  except (KeyError, IndexError) as e:
+    raise RecordFormatError(f"{where()}: missing field {e}") from e
+  offsets = [-1] * len(ARRAY_KEYS)
+  for j, key in enumerate(ARRAY_KEYS):
+    if not mask[j]:
+      continue
+    values = fmap[key].bytes_list.value if key in fmap else ()
+    value = values[0] if len(values) else None
+    if value is None or len(value) != nbytes[j]:
+      got = "no value" if value is None else f"{len(value)} bytes"
+      raise RecordFormatError(
+          f"{where()}: field {key!r} has {got}, expected {nbytes[j]} bytes "
+          f"({specs[key].dtype} {list(specs[key].shape)} per dataset_info.json)")
+    offsets[j] = payload.find(value)  # the value's bytes occur in the payload, so found
+  return offsets, [text_len, label, window_index] + mask + loc_mask, clip_id
+
+
+def array_shapes(info: DatasetInfo, one_imu_location: bool) -> dict[str, tuple[int, ...]]:
+  """Per-example shapes of the ARRAY_KEYS in a batch: imu [T, 6] when one location is kept."""
+  shapes = {k: s.shape for k, s in info.array_specs().items()}
+  if one_imu_location:
+    shapes["imu"] = shapes["imu"][1:]
+  return shapes
+
+
+def field_ranges(info: DatasetInfo, offsets: np.ndarray,
+                 location: np.ndarray | None) -> np.ndarray:
+  """[B, 4, 2] (offset in payload, byte count) of what a batch needs of each array field.
+
+  offsets: [B, 4] from scan_records (-1: absent, count 0). location: [B] IMU location
+  per record (-1: none, count 0) or None for all of them.
+  """
+  specs = info.array_specs()
+  counts = np.broadcast_to(np.asarray([specs[k].nbytes for k in ARRAY_KEYS], np.int64),
+                           offsets.shape).copy()
+  starts = offsets.copy()
+  if location is not None:
+    per_location = specs["imu"].nbytes // len(info.imu_locations)
+    counts[:, 0] = np.where(location >= 0, per_location, 0)
+    starts[:, 0] += np.maximum(location, 0) * per_location
+  counts[offsets < 0] = 0
+  return np.stack([starts, counts], axis=-1)
+
+
 def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
                  where: Callable[[int], str] | None = None,
-                 imu_location: Callable[[np.ndarray], np.ndarray] | None = None
-                 ) -> dict[str, np.ndarray]:
+                 imu_location: Callable[[np.ndarray], np.ndarray] | None = None, *,
+                 use_protobuf: bool = False) -> dict[str, np.ndarray]:
   """Parses serialised examples into a dict of batched arrays.
 
   `where(i)` says where payload i came from (shard and offset) for errors; it is
@@ -263,66 +484,64 @@ def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
   is [B, T, 6] and `imu_location` [B] is added (a modality_mask of 0 where -1).
   Copying one location instead of all S matters: fresh memory is what the
   pipeline spends most of its time on.
+
+  Records are located by scan_records (no protobuf parse for our writer's
+  records; `use_protobuf` forces it, as a reference) and each array is one
+  `np.frombuffer` copy from its payload.
   """
-  specs = info.array_specs()
-  num_loc = len(info.imu_locations)
-  n = len(payloads)
-  ints = {"text_len": [], "label": [], "window_index": [], "modality_mask": [],
-          "imu_location_mask": []}
-  clip_ids, features = [], []
-  for i, payload in enumerate(payloads):
-    try:
-      fmap = tf_example_pb2.Example.FromString(payload).features.feature
-    except Exception as e:  # protobuf raises DecodeError, a private type
-      raise RecordFormatError(f"{_where(where, i)}: not a tf.train.Example: {e}") from e
-    try:
-      mask = list(fmap["modality_mask"].int64_list.value)
-      loc_mask = list(fmap["imu_location_mask"].int64_list.value)
-      clip_ids.append(fmap["clip_id"].bytes_list.value[0])
-      ints["label"].append(fmap["label"].int64_list.value[0])
-      ints["window_index"].append(fmap["window_index"].int64_list.value[0])
-    except (KeyError, IndexError) as e:
-      raise RecordFormatError(f"{_where(where, i)}: missing field {e}") from e
-    if len(mask) != len(MODALITIES) or len(loc_mask) != num_loc:
-      raise RecordFormatError(f"{_where(where, i)}: modality_mask/imu_location_mask have "
-                              f"{len(mask)}/{len(loc_mask)} entries, expected "
-                              f"{len(MODALITIES)}/{num_loc}")
-    ints["modality_mask"].append(mask)
-    ints["imu_location_mask"].append(loc_mask)
-    ints["text_len"].append(fmap["text_len"].int64_list.value[0] if mask[3] else 0)
-    features.append(fmap)
-  widths = {"modality_mask": (len(MODALITIES),), "imu_location_mask": (num_loc,)}
-  batch = {k: np.asarray(v, np.int32).reshape((n,) + widths.get(k, ())) for k, v in ints.items()}
-  shapes = {k: s.shape for k, s in specs.items()}
+  facts = scan_records(info, payloads, where, use_protobuf=use_protobuf)
+  batch = {k: facts[k] for k in SMALL_KEYS}
   location = None
   if imu_location is not None:
     location = np.asarray(imu_location(batch["imu_location_mask"]), np.int32)
     batch["imu_location"] = location
     batch["modality_mask"][:, 0] &= location >= 0
-    shapes["imu"] = specs["imu"].shape[1:]
-  # Filled row by row straight from each record's bytes: one copy per field.
-  arrays = {k: np.zeros((n,) + shapes[k], specs[k].dtype) for k in specs}
-  rows = {k: v.reshape(n, int(np.prod(v.shape[1:]))) for k, v in arrays.items()}
-  nbytes = {k: s.nbytes for k, s in specs.items()}
-  present = batch["modality_mask"]
-  for i, fmap in enumerate(features):
-    for j, key in enumerate(specs):
-      if not present[i, j]:
-        continue
-      values = fmap[key].bytes_list.value if key in fmap else ()
-      value = values[0] if len(values) else None
-      if value is None or len(value) != nbytes[key]:
-        got = "no value" if value is None else f"{len(value)} bytes"
-        raise RecordFormatError(
-            f"{_where(where, i)}: field {key!r} has {got}, expected {nbytes[key]} bytes "
-            f"({specs[key].dtype} {list(specs[key].shape)} per dataset_info.json)")
-      flat = np.frombuffer(value, specs[key].dtype)
-      if key == "imu" and location is not None:
-        flat = flat.reshape(num_loc, -1)[location[i]]
-      rows[key][i] = flat
-  batch.update(arrays)
-  batch["clip_id"] = np.asarray(clip_ids, dtype=object)
+  batch.update(copy_arrays(info, [[(0, p)] for p in payloads],
+                           field_ranges(info, facts["offsets"], location), location is not None))
+  batch["clip_id"] = facts["clip_id"]
   return batch
+
+
+def new_arrays(info: DatasetInfo, n: int, one_imu_location: bool) -> dict[str, np.ndarray]:
+  """Zeroed batch arrays [n, ...] of the ARRAY_KEYS (zeros stand in for absent fields)."""
+  specs = info.array_specs()
+  return {k: np.zeros((n,) + shape, specs[k].dtype)
+          for k, shape in array_shapes(info, one_imu_location).items()}
+
+
+def copy_arrays(info: DatasetInfo, pieces: Sequence[Sequence[tuple[int, bytes]] | None],
+                ranges: np.ndarray, one_imu_location: bool,
+                out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+  """Batch arrays filled from `ranges` [B, 4, 2] (field_ranges) of each record.
+
+  pieces[i]: (offset in the payload, bytes) of what was read of record i, e.g.
+  [(0, payload)], or None to leave row i to the caller; each field must lie in
+  one piece. out: arrays from new_arrays to fill (default: new ones). Every
+  field is one `np.frombuffer` straight into its row of the batch array.
+  """
+  n = len(pieces)
+  arrays = new_arrays(info, n, one_imu_location) if out is None else out
+  rows = byte_rows(arrays)
+  for i, (have, fields) in enumerate(zip(pieces, ranges.tolist())):
+    if have is None:
+      continue
+    for row, (offset, count) in zip(rows, fields):
+      if not count:
+        continue
+      for start, blob in have:
+        if start <= offset and offset + count <= start + len(blob):
+          row[i] = np.frombuffer(blob, np.uint8, count, offset - start)
+          break
+      else:
+        raise RecordFormatError(f"record {i} of the batch: bytes {offset}..{offset + count} "
+                                "were not read (or the record is shorter)")
+  return arrays
+
+
+def byte_rows(arrays: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+  """uint8 [B, bytes per example] views of the ARRAY_KEYS, for copies and reads into rows."""
+  return [arrays[k].reshape(len(arrays[k]), arrays[k][0].nbytes // arrays[k].itemsize
+                            if len(arrays[k]) else 0).view(np.uint8) for k in ARRAY_KEYS]
 
 
 def _where(where: Callable[[int], str] | None, i: int) -> str:

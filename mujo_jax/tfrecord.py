@@ -14,6 +14,7 @@ what global shuffling, deterministic order and exact resumption in Grain need.
 from __future__ import annotations
 
 import io
+import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -142,7 +143,9 @@ def load_index(path: str, size: int | None = None) -> np.ndarray:
 
 
 class ShardReader:
-  """Random access to the records of one indexed shard, CRCs checked on read.
+  """Random access to the records of one indexed shard, CRCs checked on read
+  (`verify`; per call in read_many), or to byte ranges of payloads (read_ranges,
+  read_into).
 
   index, size: the shard's offset index and byte size when already loaded;
   remote shards are read through storage.RangeReader's block cache.
@@ -157,6 +160,7 @@ class ShardReader:
     self._lengths = self.index[:, 1].tolist()
     self.verify = verify
     self._file = storage.RangeReader(path, size, **range_reader_options)
+    self._fd = None if self._file.remote else os.open(path, os.O_RDONLY)
 
   def __len__(self) -> int:
     return len(self._offsets)
@@ -167,6 +171,9 @@ class ShardReader:
 
   def close(self):
     self._file.close()
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
 
   def describe(self, i: int) -> str:
     return f"{self.path}: record {i} at byte offset {self._offsets[i] - _HEADER.size}"
@@ -178,20 +185,67 @@ class ShardReader:
       raise payload
     return payload
 
-  def read_many(self, indices: Sequence[int]) -> list[bytes | CorruptRecordError]:
+  def read_many(self, indices: Sequence[int], verify: Sequence[bool] | None = None
+                ) -> list[bytes | CorruptRecordError]:
     """Payloads of several records in one batched read; a corrupt record comes
-    back as its CorruptRecordError (the caller decides: stop or skip)."""
+    back as its CorruptRecordError (the caller decides: stop or skip).
+
+    verify: per record, whether to check its CRCs (default: self.verify for all).
+    The framing (length against the index) is always checked.
+    """
     ranges = [(self._offsets[i] - _HEADER.size, _HEADER.size + self._lengths[i] + _FOOTER.size)
               for i in indices]
+    if verify is None:
+      verify = [self.verify] * len(ranges)
     out = []
-    for i, blob in zip(indices, self._file.read(ranges)):
+    for i, blob, check in zip(indices, self._file.read(ranges), verify):
       try:
-        out.append(self._check(i, blob))
+        out.append(self._check(i, blob, check))
       except CorruptRecordError as e:
         out.append(e)
     return out
 
-  def _check(self, i: int, blob: bytes) -> bytes:
+  def read_ranges(self, requests: Sequence[tuple[int, int, int]]) -> list[bytes]:
+    """Parts of payloads, no CRC check (that needs the whole record): for each
+    (record, offset in its payload, byte count) the bytes, in one batched read."""
+    ranges = []
+    for i, offset, count in requests:
+      if offset < 0 or offset + count > self._lengths[i]:
+        raise CorruptRecordError(f"{self.describe(i)}: bytes {offset}..{offset + count} asked "
+                                 f"for, the payload has {self._lengths[i]}")
+      ranges.append((self._offsets[i] + offset, count))
+    blobs = self._file.read(ranges)
+    for (i, _, count), blob in zip(requests, blobs):
+      if len(blob) != count:
+        raise CorruptRecordError(f"{self.describe(i)}: truncated shard")
+    return blobs
+
+  def read_into(self, requests: Sequence[tuple[int, int, Sequence[memoryview]]]) -> None:
+    """Scatter reads, no CRC check: for each (record, offset in its payload, buffers)
+    the payload bytes from that offset on fill the buffers (1-D uint8 memoryviews)
+    one after another.
+
+    Locally one `os.preadv` per request, straight into the caller's arrays (no
+    intermediate bytes); remotely one batched read_ranges, then copies.
+    """
+    lengths = [sum(map(len, buffers)) for _, _, buffers in requests]  # 1-D byte views
+    if self._fd is None:
+      blobs = self.read_ranges([(i, offset, n) for (i, offset, _), n in zip(requests, lengths)])
+    for k, ((i, offset, buffers), n) in enumerate(zip(requests, lengths)):
+      if offset < 0 or offset + n > self._lengths[i]:
+        raise CorruptRecordError(f"{self.describe(i)}: bytes {offset}..{offset + n} asked "
+                                 f"for, the payload has {self._lengths[i]}")
+      if self._fd is not None:
+        got = os.preadv(self._fd, buffers, self._offsets[i] + offset)
+        if got != n:
+          raise CorruptRecordError(f"{self.describe(i)}: truncated shard")
+        continue
+      pos = 0
+      for buffer in buffers:
+        buffer[:] = blobs[k][pos:pos + buffer.nbytes]
+        pos += buffer.nbytes
+
+  def _check(self, i: int, blob: bytes, verify: bool) -> bytes:
     length = self._lengths[i]
     if len(blob) != _HEADER.size + length + _FOOTER.size:
       raise CorruptRecordError(f"{self.describe(i)}: truncated shard")
@@ -200,7 +254,7 @@ class ShardReader:
       raise CorruptRecordError(
           f"{self.describe(i)}: length {stored_length} disagrees with the index ({length})")
     payload = blob[_HEADER.size:_HEADER.size + length]
-    if self.verify:
+    if verify:
       if masked_crc32c(blob[:8]) != length_crc:
         raise CorruptRecordError(f"{self.describe(i)}: bad length checksum")
       if masked_crc32c(payload) != _FOOTER.unpack_from(blob, _HEADER.size + length)[0]:

@@ -1,3 +1,4 @@
+import collections
 import os
 
 import grain
@@ -205,3 +206,190 @@ def test_global_batch_is_sharded_over_the_data_axis(tiny_dataset):
   assert {s.data.shape for s in batch["imu"].addressable_shards} == {(2, 20, 6)}
   np.testing.assert_array_equal(np.asarray(batch["imu"]), local["imu"])
   assert batch["clip_id"] is local["clip_id"]
+
+
+MODES = [(crc, cache) for cache in (False, True) for crc in ip.CRC_CHECKS]
+AUGMENTED = ip.AugmentConfig("random", modality_dropout=0.3)
+
+
+def _batches(data_dir, n, num_workers=0, batch_size=6, **kw):
+  ds = ip.make_dataset(data_dir, "train", batch_size=batch_size, seed=4, process_index=0,
+                       process_count=1, augment_config=kw.pop("augment_config", AUGMENTED), **kw)
+  it = ip.make_iterator(ds, num_workers=num_workers)
+  out = [next(it) for _ in range(n)]
+  if hasattr(it, "close"):
+    it.close()
+  return out
+
+
+def _assert_same(got, want):
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    assert sorted(g) == sorted(w)
+    for key in w:
+      np.testing.assert_array_equal(g[key], w[key], err_msg=key)
+
+
+@pytest.mark.parametrize("crc_check, cache_in_memory", MODES)
+def test_every_mode_gives_the_same_batches(tiny_dataset, crc_check, cache_in_memory):
+  """2.5 epochs: first reads, then range reads or cache hits, all equal to `always`."""
+  want = _batches(tiny_dataset, 25)
+  _assert_same(_batches(tiny_dataset, 25, crc_check=crc_check,
+                        cache_in_memory=cache_in_memory), want)
+  everything = dict(augment_config=ALL, crc_check=crc_check, cache_in_memory=cache_in_memory)
+  _assert_same(_batches(tiny_dataset, 12, **everything), _batches(tiny_dataset, 12,
+                                                                   augment_config=ALL))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crc_check, cache_in_memory", MODES)
+def test_every_mode_gives_the_same_batches_with_a_worker(tiny_dataset, crc_check,
+                                                         cache_in_memory):
+  _assert_same(_batches(tiny_dataset, 25, num_workers=1, crc_check=crc_check,
+                        cache_in_memory=cache_in_memory), _batches(tiny_dataset, 25))
+
+
+@pytest.mark.parametrize("crc_check", ip.CRC_CHECKS)
+def test_later_passes_read_only_the_needed_bytes(tiny_dataset, monkeypatch, crc_check):
+  whole, parts = [], collections.Counter()
+  read_many, read_into = tfrecord.ShardReader.read_many, tfrecord.ShardReader.read_into
+
+  def counting_read_many(self, indices, verify=None):
+    whole.extend(zip(indices, verify or [self.verify] * len(indices)))
+    return read_many(self, indices, verify)
+
+  def counting_read_into(self, requests):
+    for i, _, buffers in requests:
+      parts[self.path, i] += sum(b.nbytes for b in buffers)
+    return read_into(self, requests)
+
+  monkeypatch.setattr(tfrecord.ShardReader, "read_many", counting_read_many)
+  monkeypatch.setattr(tfrecord.ShardReader, "read_into", counting_read_into)
+  monkeypatch.setattr(ip, "_MERGE_GAP_BYTES", 64)  # the tiny records' IMU locations are small
+  info = records.DatasetInfo.load(tiny_dataset)
+  source = ip.IndexedShardSource(info.shard_paths(tiny_dataset, "train"), crc_check=crc_check)
+  one_location = lambda kept, mask: np.arange(len(mask)) % 3
+  for start in range(0, 60, 20):
+    source.read_batch(info, range(start, start + 20), one_location)
+  assert len(whole) == 60 and not parts
+  assert all(verify == (crc_check != "off") for _, verify in whole)
+  whole.clear()
+  batch, _ = source.read_batch(info, range(60), one_location)
+  if crc_check == "always":
+    assert len(whole) == 60 and not parts
+    return
+  assert not whole and len(parts) == 60
+  needed = 240 + 240 + 32 + 32  # one IMU location, pose, video, text_ids
+  assert all(needed <= n <= needed + 128 for n in parts.values())  # + entry headers between
+  payload_bytes = sum(len(p) for _, p in source._getitems(range(60)))
+  assert sum(parts.values()) < 0.6 * payload_bytes
+  np.testing.assert_array_equal(example_ids(batch)[0::3], example_ids(
+      source.read_batch(info, range(0, 60, 3), lambda kept, mask: np.zeros(len(mask), int))[0]))
+
+
+@pytest.mark.parametrize("crc_check", ["always", "first_pass"])
+def test_corrupt_record_is_caught_on_its_first_read(tiny_dataset, crc_check):
+  shard, record_offset = _corrupt_one_record(tiny_dataset)
+  with pytest.raises(tfrecord.CorruptRecordError,
+                     match=rf"train-00002\.tfrecord: record 3 at byte offset {record_offset}: "
+                           "bad payload checksum"):
+    _ids(tiny_dataset, 10, shuffle=False, crc_check=crc_check)
+  # Not checked; these bytes break the record's structure, which decoding still catches.
+  with pytest.raises(records.RecordFormatError,
+                     match=rf"train-00002\.tfrecord: record 3 at byte offset {record_offset}"):
+    _ids(tiny_dataset, 10, shuffle=False, crc_check="off")
+
+
+def test_records_of_another_writer_in_a_shard_are_read_alike(tiny_dataset):
+  """A shard rewritten in another valid layout (protobuf parses it, offsets found by
+  value) gives the same batches in every mode, range reads included."""
+  from test_records import _rewrite  # pylint: disable=import-outside-toplevel
+  want = _batches(tiny_dataset, 25)
+  info = records.DatasetInfo.load(tiny_dataset)
+  shard = info.shard_paths(tiny_dataset, "train")[1]
+  payloads = [p for _, p in tfrecord.iter_records(shard)]
+  tfrecord.write_shard(shard, [_rewrite(p, reverse=True, unpacked=True) for p in payloads])
+  assert [p for _, p in tfrecord.iter_records(shard)] != payloads
+  for crc_check, cache in MODES:
+    _assert_same(_batches(tiny_dataset, 25, crc_check=crc_check, cache_in_memory=cache), want)
+
+
+def test_a_record_that_is_not_an_example_names_shard_and_record(tiny_dataset):
+  info = records.DatasetInfo.load(tiny_dataset)
+  shard = info.shard_paths(tiny_dataset, "train")[4]
+  payloads = [p for _, p in tfrecord.iter_records(shard)]
+  payloads[2] = payloads[2][:-9]  # framed and checksummed, but cut short
+  tfrecord.write_shard(shard, payloads)
+  offset = int(tfrecord.load_index(shard)[2, 0]) - 12
+  for crc_check in ip.CRC_CHECKS:
+    with pytest.raises(records.RecordFormatError,
+                       match=rf"train-00004\.tfrecord: record 2 at byte offset {offset}"):
+      _ids(tiny_dataset, 10, shuffle=False, crc_check=crc_check)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_state_round_trip_with_the_cache(tiny_dataset, tmp_path, num_workers):
+  def fresh():
+    ds = ip.make_dataset(tiny_dataset, "train", batch_size=4, seed=5, process_index=0,
+                         process_count=1, augment_config=AUGMENTED, crc_check="first_pass",
+                         cache_in_memory=True)
+    return ip.make_iterator(ds, num_workers=num_workers)
+
+  it = fresh()
+  for _ in range(17):  # past the first epoch: served from the cache
+    next(it)
+  manager = ocp.CheckpointManager(tmp_path / "ckpt")
+  manager.save(17, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  manager.wait_until_finished()
+  expected = [next(it) for _ in range(20)]
+  restored = fresh()  # an empty cache: first reads again, same batches
+  manager.restore(17, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+  _assert_same([next(restored) for _ in range(20)], expected)
+
+
+def test_cache_holds_only_what_was_read(tiny_dataset):
+  info = records.DatasetInfo.load(tiny_dataset)
+  source = ip.IndexedShardSource(info.shard_paths(tiny_dataset, "train"), cache_in_memory=True)
+  assert source.cache_bytes == 0
+  batch, kept = source.read_batch(info, [5, 7, 40])
+  assert kept.all() and batch["imu"].shape == (3, 3, 20, 6)
+  assert source.cache_bytes == 3 * (720 + 240 + 32 + 32)
+  np.testing.assert_array_equal(example_ids(batch), [100, 102, 800])
+  again, _ = source.read_batch(info, [40, 5], lambda kept, mask: np.array([2, -1]))
+  np.testing.assert_array_equal(again["imu"][0], batch["imu"][2, 2])
+  assert not again["imu"][1].any() and again["modality_mask"][1, 0] == 0
+  assert source.cache_bytes == 3 * (720 + 240 + 32 + 32)
+
+
+def test_prefetch_to_device_resumes_exactly(tiny_dataset, tmp_path):
+  mesh = jax.make_mesh((8,), ("data",))
+
+  def fresh():
+    ds = ip.make_dataset(tiny_dataset, "train", batch_size=8, seed=2, process_index=0,
+                         process_count=1, augment_config=AUGMENTED, crc_check="first_pass")
+    return ip.prefetch_to_device(ip.make_iterator(ds), mesh, size=2)
+
+  it = fresh()
+  uninterrupted = [next(it) for _ in range(12)]
+  assert isinstance(uninterrupted[0]["imu"], jax.Array)
+  assert uninterrupted[0]["imu"].sharding.spec == jax.sharding.PartitionSpec("data")
+  assert uninterrupted[0]["clip_id"].dtype == object  # stays on host
+
+  it = fresh()
+  for _ in range(5):
+    next(it)
+  manager = ocp.CheckpointManager(tmp_path / "ckpt")
+  manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  manager.wait_until_finished()
+  restored = fresh()
+  next(restored)  # restoring rewinds whatever was fetched or queued
+  manager.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+  got = [next(restored) for _ in range(7)]
+  _assert_same([{k: np.asarray(v) for k, v in b.items()} for b in got],
+               [{k: np.asarray(v) for k, v in b.items()} for b in uninterrupted[5:]])
+  # The host iterator itself is ahead by the two batches in flight.
+  assert it.get_state() != it._host.get_state()
+  host = [{k: np.asarray(v) for k, v in uninterrupted[0].items()}]
+  only = list(ip.prefetch_to_device(iter(host), mesh, 1, keys=("imu", "label")))
+  assert len(only) == 1 and sorted(only[0]) == ["imu", "label"]
+  np.testing.assert_array_equal(np.asarray(only[0]["imu"]), host[0]["imu"])

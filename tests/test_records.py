@@ -120,3 +120,127 @@ def test_encoded_bytes_do_not_depend_on_the_process():
                             capture_output=True, env=dict(os.environ, PYTHONHASHSEED=str(seed))
                             ).stdout.strip() for seed in range(4)}
   assert len(digests) == 1, digests
+
+
+NBYTES = (720, 240, 32, 32)  # tiny_info's imu, pose, video, text_ids (records.ARRAY_KEYS)
+
+
+def _varint(value: int) -> bytes:
+  value &= (1 << 64) - 1
+  out = bytearray()
+  while True:
+    out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+    value >>= 7
+    if not value:
+      return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+  return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _rewrite(payload: bytes, *, reverse: bool = False, unpacked: bool = False,
+             extra: bool = False) -> bytes:
+  """The same Example in another valid wire layout: keys in reverse order, int64
+  lists unpacked, an extra feature: what other writers may produce."""
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=import-outside-toplevel
+  fmap = tf_example_pb2.Example.FromString(payload).features.feature
+  entries = []
+  for key in sorted(fmap, reverse=reverse) + (["zz_extra"] if extra else []):
+    if key == "zz_extra":
+      feature = _field(1, _field(1, b"whatever"))
+    elif fmap[key].HasField("int64_list"):
+      values = list(fmap[key].int64_list.value)
+      body = (b"".join(b"\x08" + _varint(v) for v in values) if unpacked
+              else _field(1, b"".join(_varint(v) for v in values)))
+      feature = _field(3, body)
+    else:
+      feature = _field(1, b"".join(_field(1, v) for v in fmap[key].bytes_list.value))
+    entries.append(_field(1, _field(1, key.encode()) + _field(2, feature)))
+  return _field(1, b"".join(entries))
+
+
+def _assert_batches_equal(got, want):
+  assert sorted(got) == sorted(want)
+  for key in want:
+    assert got[key].dtype == want[key].dtype, key
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def _varied_examples(info, rng):
+  """Missing modalities, clip ids of 1 to 200 bytes (1- and 2-byte lengths), label -1
+  (a 10-byte varint), window indexes past 127, partial location masks."""
+  drops = [(), ("pose",), ("text_ids",), ("video",), ("imu",), ("pose", "video"),
+           ("imu", "text_ids")]
+  exs = []
+  for i, drop in enumerate(drops * 3):
+    ex = tiny_example(info, rng, i, [0, 5, 200, 70000][i % 4], drop=drop)
+    ex["clip_id"] = "c" * [1, 9, 127, 128, 200][i % 5]
+    ex["label"] = [-1, 0, 2][i % 3]
+    ex["imu_location_mask"] = [[1, 1, 1], [0, 1, 0], [1, 0, 1], [0, 0, 0]][i % 4]
+    exs.append(ex)
+  return exs
+
+
+@pytest.mark.parametrize("location", [None, "each", 0, 1, 2, -1])
+def test_fixed_layout_decode_equals_protobuf_decode(location):
+  info = tiny_info()
+  exs = _varied_examples(info, np.random.default_rng(3))
+  payloads = [records.encode_example(info, e) for e in exs]
+  n = len(payloads)
+  if location is None:
+    choose = None
+  elif location == "each":
+    choose = lambda mask: np.arange(n) % 4 - 1  # -1, 0, 1, 2 in turn
+  else:
+    choose = lambda mask: np.full(n, location)
+  fast = records.decode_batch(info, payloads, imu_location=choose)
+  _assert_batches_equal(fast, records.decode_batch(info, payloads, imu_location=choose,
+                                                   use_protobuf=True))
+  assert all(records._scan_fixed_layout(p, NBYTES, 3) for p in payloads)
+  for i, ex in enumerate(exs):  # and both equal what was written
+    assert fast["clip_id"][i].decode() == ex["clip_id"]
+    assert fast["window_index"][i] == ex["window_index"] and fast["label"][i] == ex["label"]
+    if ex["video"] is None:
+      assert not fast["video"][i].any() and fast["modality_mask"][i, 2] == 0
+    else:
+      np.testing.assert_array_equal(fast["video"][i], ex["video"])
+    if location is not None and ex["imu"] is not None and fast["imu_location"][i] >= 0:
+      np.testing.assert_array_equal(fast["imu"][i], ex["imu"][fast["imu_location"][i]])
+
+
+@pytest.mark.parametrize("change", [dict(reverse=True), dict(unpacked=True), dict(extra=True),
+                                    dict(reverse=True, unpacked=True, extra=True)])
+def test_records_in_another_wire_layout_decode_the_same(change):
+  info = tiny_info()
+  payloads = [records.encode_example(info, e)
+              for e in _varied_examples(info, np.random.default_rng(4))]
+  other = [_rewrite(p, **change) for p in payloads]
+  assert other != payloads
+  if change.get("unpacked"):  # not the writer's layout: protobuf parses these
+    assert not any(records._scan_fixed_layout(p, NBYTES, 3) for p in other)
+  facts = records.scan_records(info, other)
+  want = records.decode_batch(info, payloads)
+  _assert_batches_equal(records.decode_batch(info, other), want)
+  # The array offsets found point at the same bytes as in the original records.
+  for p, q, o, o2 in zip(payloads, other, facts["offsets"], records.scan_records(info, payloads)["offsets"]):
+    for off, off2, n in zip(o, o2, NBYTES):
+      assert (off < 0) == (off2 < 0)
+      assert off < 0 or q[off:off + n] == p[off2:off2 + n]
+
+
+def test_corrupt_layout_is_rejected_naming_the_record():
+  info = tiny_info()
+  payload = records.encode_example(info, tiny_example(info, np.random.default_rng(0), 0, 0))
+  where = lambda i: "shard-3: record 5 at byte offset 1200"
+  for bad in (payload[:-7], payload[:40], payload[:-1] + b"\x80", b"\x0a\x05" + payload[2:]):
+    assert records._scan_fixed_layout(bad, NBYTES, 3) is None
+    with pytest.raises(records.RecordFormatError, match="shard-3: record 5 at byte offset 1200"):
+      records.decode_batch(info, [bad], where=where)
+  # A video value 2 bytes short (its lengths adjusted, so the record still parses).
+  short = tiny_info(video_dim=7)
+  payload = records.encode_example(short, tiny_example(short, np.random.default_rng(0), 0, 0))
+  assert records._scan_fixed_layout(payload, NBYTES, 3) is None
+  with pytest.raises(records.RecordFormatError,
+                     match="record 5 at byte offset 1200: field 'video' has 28 bytes, expected 32"):
+    records.decode_batch(info, [payload], where=where)

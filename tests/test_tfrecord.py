@@ -122,3 +122,35 @@ def test_missing_index_message(tmp_path):
 def test_header_layout():
   framed = tfrecord.frame(b"abc")
   assert struct.unpack("<Q", framed[:8])[0] == 3 and framed[12:15] == b"abc"
+
+
+def test_per_record_verify_and_range_reads(tmp_path):
+  rng = np.random.default_rng(1)
+  payloads = [rng.bytes(int(n)) for n in rng.integers(50, 400, 12)]
+  path = str(tmp_path / "s.tfrecord")
+  tfrecord.write_shard(path, payloads)
+  index = tfrecord.load_index(path)
+  with open(path, "r+b") as f:  # flip a payload byte of record 4
+    f.seek(int(index[4, 0]) + 7)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  reader = tfrecord.ShardReader(path)
+  got = reader.read_many([3, 4, 5], verify=[True, True, False])
+  assert got[0] == payloads[3] and got[2] == payloads[5]
+  assert isinstance(got[1], tfrecord.CorruptRecordError) and "record 4" in str(got[1])
+  unchecked = reader.read_many([4], verify=[False])[0]
+  assert unchecked != payloads[4] and len(unchecked) == len(payloads[4])
+  assert reader.read_ranges([(2, 5, 20), (9, 0, 3)]) == [payloads[2][5:25], payloads[9][:3]]
+  a, b = bytearray(10), bytearray(6)
+  reader.read_into([(7, 4, [memoryview(a), memoryview(b)])])
+  assert bytes(a + b) == payloads[7][4:20]
+  with pytest.raises(tfrecord.CorruptRecordError, match=r"record 2 at byte offset \d+: bytes"):
+    reader.read_ranges([(2, len(payloads[2]) - 3, 4)])
+  with pytest.raises(tfrecord.CorruptRecordError, match="record 1 at byte offset"):
+    reader.read_into([(1, len(payloads[1]) - 1, [memoryview(bytearray(2))])])
+  # The remote branch (one batched read_ranges, then copies), taken here on a local file.
+  reader._fd = None
+  a, b = bytearray(10), bytearray(6)
+  reader.read_into([(7, 4, [memoryview(a), memoryview(b)]), (0, 0, [memoryview(bytearray(3))])])
+  assert bytes(a + b) == payloads[7][4:20]
