@@ -71,11 +71,20 @@ def get_config(arg=None):
   # Parameters matching this regex get no weight decay.
   config.optim.no_decay_regex = r".*(bias|scale|embedding|pos_embedding|cls|log_logit_scale).*"
 
-  # Mesh: `data` takes all devices unless set; `fsdp` is reserved for sharding
-  # parameters (rules below) and is 1 for now.
+  # Mesh: the batch is split over data x fsdp (every device); parameters and
+  # optimizer state are split over `fsdp` by the rules below (FSDP: each device
+  # holds 1/fsdp of the kernels, gathered inside the step). `data: -1` takes the
+  # devices that fsdp leaves, e.g. --config.mesh.fsdp=4 on 8 devices -> data=2.
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-  # (regex over "/"-joined parameter paths, PartitionSpec as a tuple); first match wins.
-  config.param_sharding_rules = [(".*", ())]
+  # (regex over "/"-joined state paths, spec); first match wins. A spec is a
+  # PartitionSpec as a tuple (each sharded dimension must divide), or a mesh axis
+  # name: the leaf's largest dimension that divides by that axis is split over it
+  # (replicated if none does). Kernels and the token embedding hold ~all bytes;
+  # biases, norms, position embeddings and scalars stay replicated.
+  config.param_sharding_rules = [
+      (r".*/(kernel|embedding)", "fsdp"),
+      (r".*", ()),
+  ]
   config.compute_dtype = "auto"   # bfloat16 on GPU/TPU, float32 on CPU
 
   # Persistent XLA compilation cache (a local path or gs://); None: off.

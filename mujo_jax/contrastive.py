@@ -15,6 +15,14 @@ single device computing the full matrix gets (`dense_contrastive_loss`). The
 transpose of `all_gather` under shard_map is a reduce-scatter, so gradients that
 flow through other devices' negatives come back to the device that owns them.
 
+Chunked scheme (`chunk_size > 0`): the [n_local, N] block itself grows with the
+global batch, so each device can instead walk the gathered columns in chunks of
+`chunk_size` with an online log-sum-exp (running max and sum, `jax.lax.scan`),
+and `jax.checkpoint` on the chunk body makes the backward pass recompute each
+chunk's logits instead of storing them: the loss then holds [n_local, chunk]
+logits at a time. N need not be a multiple of the chunk (the last chunk is
+padded with masked columns). The positive logit is the row's own column.
+
 Data can be modal-incomplete: a pair (a, b) uses only examples that have both.
 Rows of other examples are left out of the mean and their columns are masked
 out of every softmax. A pair with no valid example contributes 0, not NaN.
@@ -26,7 +34,9 @@ Also here: the multitask pair-selection strategies of the paper
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -64,6 +74,46 @@ def _row_loss_sum(rows, cols, valid_rows, valid_cols, logit_scale, first_row):
   own_block = jax.lax.dynamic_slice_in_dim(logits, first_row, n, axis=1)  # [n, n]
   positive = jnp.diagonal(own_block)  # [n]
   row_loss = jax.nn.logsumexp(logits, axis=1) - positive
+  return jnp.sum(jnp.where(valid_rows, row_loss, 0.0))
+
+
+def _chunked_row_loss_sum(rows, cols, valid_rows, valid_cols, logit_scale, first_row,
+                          chunk_size):
+  """`_row_loss_sum` scoring `chunk_size` columns at a time (online log-sum-exp).
+
+  Same arguments and result; memory is [n, chunk_size] logits instead of [n, N],
+  in the forward and (through the rematerialised chunk body) the backward pass.
+  """
+  n, dim = rows.shape
+  num_cols = cols.shape[0]
+  num_chunks = -(-num_cols // chunk_size)
+  pad = num_chunks * chunk_size - num_cols
+  # Padding columns are masked like absent examples: they add exp(-1e9 - max) = 0.
+  col_chunks = jnp.pad(cols, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, dim)
+  valid_chunks = jnp.pad(valid_cols, (0, pad)).reshape(num_chunks, chunk_size)
+
+  @jax.checkpoint
+  def add_chunk(carry, chunk):
+    running_max, running_sum = carry  # [n], [n]
+    cols_c, valid_c = chunk  # [chunk, D], [chunk]
+    logits = logit_scale * jnp.dot(rows, cols_c.T, preferred_element_type=jnp.float32)
+    logits = jnp.where(valid_c[None, :], logits, _MASKED_LOGIT)  # [n, chunk]
+    # The max only keeps exp() in range; it cancels in the value, so no gradient
+    # flows through it and the gradient is exactly the softmax.
+    new_max = jax.lax.stop_gradient(jnp.maximum(running_max, jnp.max(logits, axis=1)))
+    running_sum = (running_sum * jnp.exp(running_max - new_max)
+                   + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1))
+    return (new_max, running_sum), None
+
+  own_cols = jax.lax.dynamic_slice_in_dim(cols, first_row, n, axis=0)  # [n, D]
+  own_valid = jax.lax.dynamic_slice_in_dim(valid_cols, first_row, n, axis=0)
+  positive = logit_scale * jnp.sum(rows.astype(jnp.float32) * own_cols, axis=1)
+  positive = jnp.where(own_valid, positive, _MASKED_LOGIT)  # [n]
+  # `*_like(positive)`: under shard_map the carry must vary over the same mesh
+  # axes as the body's result.
+  init = (jnp.full_like(positive, -jnp.inf), jnp.zeros_like(positive))
+  (row_max, row_sum), _ = jax.lax.scan(add_chunk, init, (col_chunks, valid_chunks))
+  row_loss = row_max + jnp.log(row_sum) - positive
   return jnp.sum(jnp.where(valid_rows, row_loss, 0.0))
 
 
@@ -117,23 +167,34 @@ def dense_contrastive_loss(embeddings: Mapping[str, jax.Array], masks: Mapping[s
 
 def contrastive_loss(embeddings: Mapping[str, jax.Array], masks: Mapping[str, jax.Array],
                      pairs: Sequence[tuple[str, str]], logit_scale, mesh: jax.sharding.Mesh,
-                     data_axis: str = "data") -> tuple[jax.Array, dict[str, jax.Array]]:
+                     data_axis: str | tuple[str, ...] = "data", chunk_size: int = 0,
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Global symmetric InfoNCE summed over `pairs`, sharded over `data_axis`.
 
-  embeddings: {modality: [N, D]} L2-normalised, batch-sharded over `data_axis`.
+  embeddings: {modality: [N, D]} L2-normalised, batch-sharded over `data_axis`
+  (one mesh axis or a tuple of them, e.g. ("data", "fsdp"), major to minor).
   masks: {modality: [N]} bool or 0/1, whether each example has that modality.
   pairs: static modality pairs; logit_scale: scalar (already exp'd and capped).
+  chunk_size: 0 scores each device's [n_local, N] block at once; > 0 walks the
+  columns in chunks of that many (any N; see the module docstring).
   Returns (total, {"a_b": loss}) where total is the sum of the per-pair losses
   ("all pairs summed"); every value equals `dense_contrastive_loss` on the
-  gathered batch. N must be divisible by the size of `data_axis`; other mesh
-  axes (e.g. fsdp) see replicated inputs and compute the same value.
+  gathered batch. N must be divisible by the number of shards of `data_axis`;
+  other mesh axes see replicated inputs and compute the same value.
   """
   pairs, used = _check_pairs(embeddings, masks, pairs)
-  num_shards = mesh.shape[data_axis]
+  axes = (data_axis,) if isinstance(data_axis, str) else tuple(data_axis)
+  num_shards = math.prod(mesh.shape[a] for a in axes)
   batch = embeddings[used[0]].shape[0]
   if batch % num_shards:
     raise ValueError(f"global batch {batch} is not divisible by the {num_shards} "
-                     f"shards of mesh axis {data_axis!r}")
+                     f"shards of mesh axes {axes}")
+  if chunk_size < 0:
+    raise ValueError(f"loss chunk_size must be >= 0 (0: unchunked), got {chunk_size}")
+  if chunk_size:
+    row_loss_sum = functools.partial(_chunked_row_loss_sum, chunk_size=min(chunk_size, batch))
+  else:
+    row_loss_sum = _row_loss_sum
   z = {m: jnp.asarray(embeddings[m], jnp.float32) for m in used}
   present = {m: jnp.asarray(masks[m]).astype(bool) for m in used}
   scale = jnp.asarray(logit_scale, jnp.float32)
@@ -141,21 +202,21 @@ def contrastive_loss(embeddings: Mapping[str, jax.Array], masks: Mapping[str, ja
   def local_sums(z, present, scale):
     # z[m]: [n_local, D]; present[m]: [n_local]; scale: [] (replicated).
     n_local = z[used[0]].shape[0]
-    first_row = jax.lax.axis_index(data_axis) * n_local
+    first_row = jax.lax.axis_index(axes) * n_local
     # One gather per modality, shared by every pair that uses it.
-    z_all = {m: jax.lax.all_gather(z[m], data_axis, tiled=True) for m in used}  # [N, D]
-    present_all = {m: jax.lax.all_gather(present[m], data_axis, tiled=True) for m in used}
+    z_all = {m: jax.lax.all_gather(z[m], axes, tiled=True) for m in used}  # [N, D]
+    present_all = {m: jax.lax.all_gather(present[m], axes, tiled=True) for m in used}
     sums = {}
     for a, b in pairs:
       valid = present[a] & present[b]  # [n_local]
       valid_all = present_all[a] & present_all[b]  # [N]
-      loss_ab = _row_loss_sum(z[a], z_all[b], valid, valid_all, scale, first_row)
-      loss_ba = _row_loss_sum(z[b], z_all[a], valid, valid_all, scale, first_row)
+      loss_ab = row_loss_sum(z[a], z_all[b], valid, valid_all, scale, first_row)
+      loss_ba = row_loss_sum(z[b], z_all[a], valid, valid_all, scale, first_row)
       count = jnp.sum(valid, dtype=jnp.float32)
-      sums[pair_name(a, b)] = jax.lax.psum(jnp.stack([loss_ab, loss_ba, count]), data_axis)
+      sums[pair_name(a, b)] = jax.lax.psum(jnp.stack([loss_ab, loss_ba, count]), axes)
     return sums
 
-  sums = jax.shard_map(local_sums, mesh=mesh, in_specs=(P(data_axis), P(data_axis), P()),
+  sums = jax.shard_map(local_sums, mesh=mesh, in_specs=(P(axes), P(axes), P()),
                        out_specs=P())(z, present, scale)
   per_pair = {name: _pair_loss(*s) for name, s in sums.items()}
   return sum(per_pair.values()), per_pair

@@ -36,3 +36,22 @@ def test_bench_prints_one_json_line_with_throughput_and_no_mfu_on_cpu():
   assert result["gflops_per_example_fwd"] > 0
   assert result["mfu"] is None and result["peak_bf16_tflops_per_chip"] is None
   assert result["backend"] == "cpu"
+
+
+def test_bench_memory_reports_per_device_bytes_for_each_batch_and_chunk():
+  out = subprocess.run(
+      [sys.executable, "-m", "mujo_jax.bench_memory", "--config=configs/pretrain.py:demo",
+       "--cpu_devices=2", "--batch=8,16", "--chunk_size=4", "--config.model.depth=1",
+       "--config.model.width=32", "--config.model.mlp_dim=64", "--config.model.num_heads=2"],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""), capture_output=True,
+      text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert [(r["batch"], r["chunk_size"]) for r in rows] == [(8, 4), (16, 4)]
+  assert all(r["devices"] == 2 and r["temp_bytes"] > 0 for r in rows)
+  # The same (donated) state whatever the batch; the batch's own bytes double with it.
+  state_bytes = rows[0]["alias_bytes"]
+  assert state_bytes > 0 and rows[1]["alias_bytes"] == state_bytes
+  batch_bytes = [r["argument_bytes"] - state_bytes for r in rows]
+  assert batch_bytes[1] == 2 * batch_bytes[0] > 0
+  assert "temp MiB" in out.stdout

@@ -207,6 +207,97 @@ def test_batch_not_divisible_by_data_axis_is_rejected(mesh):
     contrastive.contrastive_loss(embeddings, masks, (("imu", "text"),), 1.0, mesh)
 
 
+# ---------------------------------------------------------------- chunked loss
+
+
+def loss_and_grads(fn, embeddings, scale, masks):
+  """jit(value_and_grad) of fn's total w.r.t. the embeddings and the logit scale."""
+  step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True))
+  (total, per_pair), (g_emb, g_scale) = step(embeddings, scale, masks)
+  return total, per_pair, g_emb, g_scale
+
+
+def assert_same_loss_and_grads(got, want):
+  total, per_pair, g_emb, g_scale = got
+  want_total, want_per_pair, want_emb, want_scale = want
+  np.testing.assert_allclose(total, want_total, rtol=1e-5)
+  assert set(per_pair) == set(want_per_pair)
+  for name in want_per_pair:  # atol: a pair with one valid row has loss 0 up to rounding
+    np.testing.assert_allclose(per_pair[name], want_per_pair[name], rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  for m in want_emb:
+    np.testing.assert_allclose(g_emb[m], want_emb[m], atol=1e-6, rtol=1e-5, err_msg=m)
+  np.testing.assert_allclose(g_scale, want_scale, atol=1e-6, rtol=1e-5)
+
+
+# 1: one column at a time; 5: N = 32 is no multiple (padded last chunk); 32: one
+# chunk = N. (Sizes above N are clipped to N.)
+@pytest.mark.parametrize("chunk_size", [1, 5, 32])
+def test_chunked_loss_and_gradients_equal_the_unchunked(chunk_size):
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  embeddings, masks = random_batch(seed=10)
+  # imu_video: 3 valid rows on 3 devices; imu_text: device 2 has no text columns.
+  pairs = (("imu", "video"), ("imu", "text"))
+  scale = jnp.float32(11.0)
+  emb, msk = shard(mesh, embeddings), shard(mesh, masks)
+  unchunked = lambda e, s, m: contrastive.contrastive_loss(e, m, pairs, s, mesh)
+  chunked = lambda e, s, m: contrastive.contrastive_loss(e, m, pairs, s, mesh,
+                                                         chunk_size=chunk_size)
+  want = loss_and_grads(unchunked, emb, scale, msk)
+  got = loss_and_grads(chunked, emb, scale, msk)
+  assert_same_loss_and_grads(got, want)
+  assert np.abs(want[2]["imu"]).max() > 1e-3 and abs(float(want[3])) > 1e-4
+
+
+def test_chunked_loss_holds_only_chunk_wide_logits():
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  embeddings, masks = random_batch(seed=11)
+  fn = lambda e, s, m: contrastive.contrastive_loss(e, m, (("imu", "text"),), s, mesh,
+                                                    chunk_size=8)
+  step = jax.jit(jax.value_and_grad(lambda e, s, m: fn(e, s, m)[0], argnums=(0, 1)))
+  hlo = step.lower(shard(mesh, embeddings), jnp.float32(3.0), shard(mesh, masks)).compile().as_text()
+  n_local = N // 8
+  assert f"f32[{n_local},8]" in hlo  # one chunk of logits
+  assert f"f32[{n_local},{N}]" not in hlo and f"[{N},{N}]" not in hlo
+
+
+def test_chunked_pair_without_valid_examples_is_zero_and_finite():
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
+  embeddings, masks = random_batch(seed=12)
+  masks["text"][:] = False
+  fn = lambda e, m: contrastive.contrastive_loss(e, m, (("imu", "text"), ("imu", "pose")), 20.0,
+                                                 mesh, chunk_size=3)
+  emb, msk = shard(mesh, embeddings), shard(mesh, masks)
+  total, per_pair = jax.jit(fn)(emb, msk)
+  assert float(per_pair["imu_text"]) == 0.0
+  np.testing.assert_allclose(total, per_pair["imu_pose"], rtol=1e-6)
+  grads = jax.jit(jax.grad(lambda e, m: fn(e, m)[0]))(emb, msk)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  np.testing.assert_array_equal(grads["text"], 0.0)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 6])
+def test_loss_sharded_over_data_and_fsdp_axes_matches_dense(chunk_size):
+  """The trainer's batch layout with fsdp > 1: rows sharded over ("data", "fsdp")."""
+  mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+  embeddings, masks = random_batch(seed=13)
+  pairs = (("imu", "video"), ("pose", "text"))
+  scale = jnp.float32(6.0)
+  placed = lambda tree: jax.device_put(tree, NamedSharding(mesh, P(("data", "fsdp"))))
+  sharded = lambda e, s, m: contrastive.contrastive_loss(
+      e, m, pairs, s, mesh, data_axis=("data", "fsdp"), chunk_size=chunk_size)
+  dense = lambda e, s, m: contrastive.dense_contrastive_loss(e, m, pairs, s)
+  got = loss_and_grads(sharded, placed(embeddings), scale, placed(masks))
+  want = loss_and_grads(dense, embeddings, scale, masks)
+  assert_same_loss_and_grads(got, want)
+
+
+def test_negative_chunk_size_is_rejected(mesh):
+  embeddings, masks = random_batch(seed=14)
+  with pytest.raises(ValueError, match="chunk_size must be >= 0"):
+    contrastive.contrastive_loss(embeddings, masks, (("imu", "pose"),), 1.0, mesh, chunk_size=-1)
+
+
 # ---------------------------------------------------------------- strategies
 
 MODALITIES = ("text", "imu", "video", "pose")  # any order in; canonical order out
