@@ -28,8 +28,9 @@ Rows of other examples are left out of the mean and their columns are masked
 out of every softmax. A pair with no valid example contributes 0, not NaN.
 
 Also here: the multitask pair-selection strategies of the paper
-(`pairs_for_step`, host side) and cross-modal retrieval recall@k for validation
-(`retrieval_recall`, host side, numpy).
+(`pairs_for_step`, host side) and cross-modal retrieval recall@k on the host
+(`retrieval_recall`, numpy): the reference that evaluation.py's on-mesh recall is
+tested against.
 """
 
 from __future__ import annotations

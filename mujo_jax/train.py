@@ -1,8 +1,13 @@
 """The pretraining loop, top to bottom: mesh, data, init, step, checkpoints, evals, logs.
 
 One batch's path: input_pipeline (TFRecord -> numpy) -> to_global_batch (jax.Array
-sharded over the mesh's `data` axis) -> model.MuJo (towers) ->
+sharded over the mesh's ("data", "fsdp") axes) -> model.MuJo (towers) ->
 contrastive.contrastive_loss (global InfoNCE per modality pair) -> optax update.
+
+Parameters and optimizer state are laid out by `config.param_sharding_rules`
+(regex -> spec); with `fsdp > 1` the kernels are split over the `fsdp` axis and
+GSPMD gathers them inside the step (FSDP / ZeRO-3), while every device still
+takes its own slice of the batch.
 
 The step is a pure function `(state, batch) -> (state, metrics)`, compiled ahead
 of time with explicit shardings and a donated state, once per distinct set of
@@ -32,6 +37,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mujo_jax import contrastive
+from mujo_jax import evaluation
 from mujo_jax import input_pipeline
 from mujo_jax import metric_writer
 from mujo_jax import model as model_lib
@@ -76,18 +82,83 @@ def path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def shardings_from_rules(tree, rules: Sequence[tuple[str, tuple]], mesh):
-  """NamedShardings for every leaf: the first regex matching its path wins."""
+def _axes_size(mesh, axes) -> int:
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def largest_dim_spec(shape: Sequence[int], axis: str, mesh) -> tuple:
+  """Spec splitting the largest dimension divisible by `axis`'s size over it.
+
+  Ties go to the last such dimension; () (replicated) when none divides, e.g. a
+  30522-row token embedding on fsdp=4 splits its width instead.
+  """
+  size = mesh.shape[axis]
+  candidates = [d for d in range(len(shape)) if shape[d] % size == 0 and shape[d] >= size]
+  if size == 1 or not candidates:
+    return ()
+  dim = max(candidates, key=lambda d: (shape[d], d))
+  return (None,) * dim + (axis,)
+
+
+def shardings_from_rules(tree, rules: Sequence[tuple[str, tuple | str]], mesh):
+  """NamedShardings for every leaf: the first regex matching its "/"-joined path wins.
+
+  A rule's spec is either a PartitionSpec as a tuple (cut to the leaf's rank;
+  every sharded dimension must divide by its axes' size, else a ValueError names
+  the leaf) or a mesh axis name, meaning `largest_dim_spec` over that axis
+  (replicated where no dimension divides).
+  """
   compiled = [(re.compile(r), spec) for r, spec in rules]
 
   def leaf_sharding(path, leaf):
     name = path_str(path)
+    shape = np.shape(leaf)
     for regex, spec in compiled:
-      if regex.fullmatch(name):
-        spec = tuple(spec)[:np.ndim(leaf)]
-        return NamedSharding(mesh, P(*spec))
+      if not regex.fullmatch(name):
+        continue
+      if isinstance(spec, str):
+        return NamedSharding(mesh, P(*largest_dim_spec(shape, spec, mesh)))
+      spec = tuple(spec)[:len(shape)]
+      for dim, axes in enumerate(spec):
+        if axes is not None and shape[dim] % _axes_size(mesh, axes):
+          raise ValueError(
+              f"sharding rule {regex.pattern!r} -> {spec} for parameter {name!r} of shape "
+              f"{shape}: dimension {dim} ({shape[dim]}) is not divisible by mesh axes {axes!r} "
+              f"of size {_axes_size(mesh, axes)}; use an axis name as the spec to pick a "
+              f"dimension that divides, or () to replicate")
+      return NamedSharding(mesh, P(*spec))
     raise ValueError(f"no sharding rule matches parameter {name!r}")
   return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def enable_compilation_cache(cache_dir: str | None) -> None:
+  """Points JAX's persistent compilation cache at `cache_dir` (local or gs://).
+
+  Every program is cached, however fast it compiled or small it is (JAX's
+  defaults skip programs that compile in under a second), so a restarted job or
+  a second run of one configuration skips XLA compilation.
+  """
+  if not cache_dir:
+    return
+  jax.config.update("jax_compilation_cache_dir", storage.absolute(cache_dir))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def profile_range(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """config.profile_steps as (first, last) step indices (0-based, inclusive), or None."""
+  steps = config.get("profile_steps")
+  if steps is None:
+    return None
+  try:
+    first, last = (int(x) for x in steps)
+  except (TypeError, ValueError):
+    raise ValueError(f"config.profile_steps must be None or (first, last) step numbers, "
+                     f"got {steps!r}") from None
+  if not 0 <= first <= last:
+    raise ValueError(f"config.profile_steps={tuple(steps)} must satisfy 0 <= first <= last")
+  return first, last
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -134,7 +205,11 @@ class Trainer:
     if config.batch_size % self.mesh.size:
       raise ValueError(f"batch_size {config.batch_size} is not divisible by "
                        f"{self.mesh.size} devices")
-    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    enable_compilation_cache(config.get("compilation_cache_dir"))
+    self.profile_steps = profile_range(config)
+    # The batch is split over every device: fsdp shards parameters, not the data.
+    self.data_axes = ("data", "fsdp")
+    self.batch_sharding = NamedSharding(self.mesh, P(self.data_axes))
     abstract = jax.eval_shape(self._init, jax.random.key(0))
     self.state_sharding = shardings_from_rules(abstract, config.param_sharding_rules, self.mesh)
     self._steps = {}
@@ -161,10 +236,17 @@ class Trainer:
     needed = tuple(m for m in self.modalities if any(m in p for p in pairs))
 
     def loss_fn(params):
+      # FSDP: gather the whole parameters once, up front (their gradients come back
+      # to the sharded layout). Left to itself GSPMD shards some activation
+      # gradients like the kernels and re-gathers them in full ("involuntary full
+      # rematerialization"), which costs more memory than the parameters.
+      params = jax.lax.with_sharding_constraint(params, NamedSharding(self.mesh, P()))
       embeddings = self.model.apply({"params": params}, batch, modalities=needed)
       scale = model_lib.logit_scale(params, self.model_config)
       masks = {m: batch["modality_mask"][:, MODALITIES.index(m)] for m in needed}
-      total, per_pair = contrastive.contrastive_loss(embeddings, masks, pairs, scale, self.mesh)
+      total, per_pair = contrastive.contrastive_loss(
+          embeddings, masks, pairs, scale, self.mesh, data_axis=self.data_axes,
+          chunk_size=self.config.loss.get("chunk_size", 0))
       return total, (per_pair, scale)
 
     (loss, (per_pair, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -193,7 +275,14 @@ class Trainer:
                    in_shardings=(self.state_sharding.params, self.batch_sharding))
 
   def evaluate(self, state: TrainState) -> dict[str, float]:
-    """Cross-modal retrieval recall@1/@5 for every pair over the whole val split."""
+    """Validation metrics over the whole val split, computed on the mesh (evaluation.py).
+
+    Retrieval recall@1/@5 for every pair ("val/r{k}/{a}_{b}", "val/r{k}/{a}_to_{b}"),
+    same-caption recall for pairs with text ("val/r{k}_caption/..."), and zero-shot
+    accuracy by nearest class-name text ("val/zero_shot/{m}_acc", ...). Each process
+    feeds its part of every val batch; the embeddings stay sharded on the devices
+    and every process gets the same metrics.
+    """
     c = self.config
     per_process = c.eval_batch_size // jax.process_count()
     info = records.DatasetInfo.load(c.data.dir)
@@ -203,33 +292,40 @@ class Trainer:
         c.data.dir, c.data.val_split, batch_size=per_process, seed=c.seed, shuffle=False,
         num_epochs=1, drop_remainder=False,
         augment_config=input_pipeline.AugmentConfig(imu_locations=c.data.imu_locations),
-        **remote_read_options(c))
+        crc_check=c.data.crc_check, **remote_read_options(c))
     it = iter(ds)
-    chunks = {m: [] for m in self.modalities}
-    masks = []
+    axes = self.batch_sharding.spec[0]
+    parts = []
     for _ in range(num_batches):
-      local = next(it, None)
-      local, valid = _pad_batch(local, per_process, self.config)
-      batch = input_pipeline.to_global_batch({k: local[k] for k in MODEL_INPUTS}, self.mesh)
-      emb = self._embed(state.params, batch)
-      for m in self.modalities:
-        chunks[m].append(np.asarray(multihost_utils.process_allgather(emb[m], tiled=True)))
-      masks.append(np.asarray(multihost_utils.process_allgather(
-          local["modality_mask"] * valid[:, None], tiled=True)))
-    mask = np.concatenate(masks).astype(bool)
-    emb = {m: np.concatenate(v) for m, v in chunks.items()}
-    metrics = {}
-    for a, b in contrastive.pairs_for_step("all_pairs", self.modalities, 0):
-      valid = mask[:, MODALITIES.index(a)] & mask[:, MODALITIES.index(b)]
-      if not valid.any():
-        continue
-      recall = contrastive.retrieval_recall(emb[a], emb[b], ks=(1, 5), valid=valid)
-      for k in (1, 5):
-        ab, ba = recall[f"recall@{k}_a_to_b"], recall[f"recall@{k}_b_to_a"]
-        metrics[f"val/r{k}/{a}_{b}"] = (ab + ba) / 2
-        metrics[f"val/r{k}/{a}_to_{b}"] = ab
-        metrics[f"val/r{k}/{b}_to_{a}"] = ba
-    return metrics
+      batch = input_pipeline.to_global_batch(_pad_batch(next(it, None), per_process, c),
+                                             self.mesh, axes)
+      parts.append({"embeddings": self._embed(state.params, {k: batch[k] for k in MODEL_INPUTS}),
+                    **{k: batch[k] for k in ("modality_mask", "text_ids", "label")}})
+    split = evaluation.concatenate(parts, self.batch_sharding)
+    masks = {m: split["modality_mask"][:, MODALITIES.index(m)] for m in self.modalities}
+    metrics = evaluation.retrieval_metrics(
+        split["embeddings"], masks, contrastive.pairs_for_step("all_pairs", self.modalities, 0),
+        self.mesh, text_ids=split["text_ids"], ks=(1, 5), batch_axes=axes)
+    skip = evaluation.zero_shot_skip_reason(info.tokenizer, info.class_names, self.modalities)
+    if skip:
+      logging.info("zero-shot accuracy not scored: %s", skip)
+    else:
+      ids, lengths = evaluation.class_prompt_ids(tuple(info.class_names),
+                                                 self.model_config.text_len)
+      prompts = evaluation.prompt_batches(ids, lengths, dummy_batch(c, per_process),
+                                          jax.process_index(), jax.process_count())
+      class_embeddings = evaluation.concatenate(
+          [self._embed(state.params, input_pipeline.to_global_batch(b, self.mesh, axes))["text"]
+           for b in prompts], self.batch_sharding)
+      zero_shot, absent = evaluation.zero_shot_metrics(
+          {m: split["embeddings"][m] for m in self.modalities if m != "text"}, masks,
+          split["label"], class_embeddings[:len(info.class_names)], info.class_names, self.mesh)
+      metrics.update(zero_shot)
+      logging.info("zero-shot accuracy (micro; macro over the classes present) %s; classes "
+                   "without a labelled val example: %s", "  ".join(
+                       f"{k.removeprefix('zero_shot/')} {v:.3f}" for k, v in zero_shot.items()
+                       if k.endswith("acc")), absent)
+    return {f"val/{k}": v for k, v in metrics.items()}
 
   def train(self, stop_at_step: int | None = None) -> TrainState:
     """Trains to config.total_steps, resuming from the workdir's last checkpoint.
@@ -243,8 +339,13 @@ class Trainer:
         c.data.dir, c.data.train_split, batch_size=process_batch, seed=c.seed,
         augment_config=input_pipeline.AugmentConfig(
             imu_locations=c.data.imu_locations, modality_dropout=c.data.modality_dropout),
-        skip_corrupt=c.data.skip_corrupt, **remote_read_options(c))
-    train_iter = input_pipeline.make_iterator(train_ds, num_workers=c.data.num_workers)
+        skip_corrupt=c.data.skip_corrupt, crc_check=c.data.crc_check,
+        cache_in_memory=c.data.cache_in_memory, **remote_read_options(c))
+    # Global batches, `device_prefetch` of them already copied to the devices; the
+    # wrapper's state is the host pipeline's as of the batch last handed out.
+    train_iter = input_pipeline.prefetch_to_device(
+        input_pipeline.make_iterator(train_ds, num_workers=c.data.num_workers), self.mesh,
+        c.data.device_prefetch, self.data_axes, keys=MODEL_INPUTS)
     manager = ocp.CheckpointManager(
         storage.absolute(storage.join(self.workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=c.keep_checkpoints,
@@ -269,6 +370,7 @@ class Trainer:
     self.compiled_step(contrastive.pairs_for_step(c.loss.strategy, self.modalities, step, c.seed))
     timer = _Throughput(c.batch_size)
     pending = []
+    profiler = _StepProfiler(self.profile_steps, self.workdir)
 
     def save(step, force=False):
       manager.save(step, args=ocp.args.Composite(
@@ -278,9 +380,10 @@ class Trainer:
     while step < c.total_steps:
       pairs = contrastive.pairs_for_step(c.loss.strategy, self.modalities, step, c.seed)
       step_fn = self.compiled_step(pairs)
-      local = next(train_iter)
-      batch = input_pipeline.to_global_batch({k: local[k] for k in MODEL_INPUTS}, self.mesh)
+      batch = next(train_iter)
+      profiler.before_step(step)
       state, metrics = step_fn(state, batch)
+      profiler.after_step(step, state)
       step += 1
       pending.append(metrics)
       if step % c.log_every == 0 or step == c.total_steps:
@@ -298,7 +401,7 @@ class Trainer:
         writer.write(step, val)
         logging.info("step %d validation: %s", step, "  ".join(
             f"{k.removeprefix('val/')} {v:.3f}" for k, v in sorted(val.items())
-            if k.startswith("val/r1/") and "_to_" not in k))
+            if k.startswith(("val/r1/", "val/r1_caption/")) and "_to_" not in k))
         timer.reset(step)
       stop = preempted.reached(step) or step == stop_at_step
       if stop or step % c.checkpoint_every == 0 or step == c.total_steps:
@@ -306,6 +409,7 @@ class Trainer:
       if stop:
         logging.warning("stopped early at step %d (checkpoint saved)", step)
         break
+    profiler.stop(state)
     manager.wait_until_finished()
     manager.close()
     writer.close()
@@ -345,14 +449,19 @@ def check_model_fits_data(model_config, info: records.DatasetInfo, data_dir: str
                      f"({info.name}, skeleton {info.skeleton}); set " + "; ".join(bad))
 
 
-def _pad_batch(local, size: int, config):
-  """Pads a short (or missing) eval batch to `size` rows; returns it and a valid mask."""
+def _pad_batch(local, size: int, config) -> dict[str, np.ndarray]:
+  """A short (or missing) val batch padded to `size` rows: model inputs and labels.
+
+  Padding rows have no modality (all-zero modality_mask) and label -1, so no
+  metric counts them.
+  """
+  keys = MODEL_INPUTS + ("label",)
   if local is None:
-    local = {k: v[:0] for k, v in dummy_batch(config, 1).items()}
+    local = {**dummy_batch(config, 0), "label": np.zeros((0,), np.int64)}
   n = len(local["modality_mask"])
-  padded = {k: np.concatenate([local[k], np.zeros((size - n,) + local[k].shape[1:], local[k].dtype)])
-            for k in MODEL_INPUTS}
-  return padded, np.arange(size) < n
+  return {k: np.concatenate([local[k], np.full((size - n,) + local[k].shape[1:],
+                                               -1 if k == "label" else 0, local[k].dtype)])
+          for k in keys}
 
 
 def _eta(steps_left: int, steps_per_s: float) -> str:
@@ -378,6 +487,35 @@ class _Throughput:
     rate = (step - self._step) * self.batch_size / max(now - self._time, 1e-9)
     self._step, self._time = step, now
     return rate
+
+
+class _StepProfiler:
+  """A jax.profiler trace of steps first..last (0-based) into WORKDIR/profile, on process 0.
+
+  Steps are dispatched asynchronously, so the trace stops only once the last
+  traced step's state is ready. View with TensorBoard's profile plugin or xprof.
+  """
+
+  def __init__(self, steps: tuple[int, int] | None, workdir: str | None):
+    self._steps = steps if jax.process_index() == 0 and workdir else None
+    self._dir = storage.join(workdir, "profile") if workdir else None
+    self._active = False
+
+  def before_step(self, step: int):
+    if self._steps and not self._active and self._steps[0] <= step <= self._steps[1]:
+      logging.info("profiling steps %d..%d into %s", step, self._steps[1], self._dir)
+      jax.profiler.start_trace(storage.absolute(self._dir))
+      self._active = True
+
+  def after_step(self, step: int, state):
+    if self._active and step >= self._steps[1]:
+      self.stop(state)
+
+  def stop(self, state):
+    if self._active:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self._active = False
 
 
 class _PreemptionFlag:

@@ -160,3 +160,63 @@ def test_a_model_that_does_not_fit_the_dataset_is_named_before_training(demo_dir
   with pytest.raises(ValueError, match=r"--config.model.num_joints=17 \(the dataset has 17 "):
     train.Trainer(config, str(tmp_path)).train()
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+@pytest.mark.slow  # three short runs, each compiling an 8-device step
+def test_fsdp_run_resumes_exactly_with_sharded_state(demo_dir, tmp_path):
+  """Checkpoints of fsdp-sharded state restore into that sharding and resume exactly."""
+  config = lambda: tiny_config(demo_dir, total_steps=4, log_every=2, checkpoint_every=2,
+                               mesh={"data": 2, "fsdp": 4})
+  straight = train.Trainer(config(), str(tmp_path / "a")).train()
+  train.Trainer(config(), str(tmp_path / "b")).train(stop_at_step=2)
+  resumed = train.Trainer(config(), str(tmp_path / "b")).train()
+  assert int(resumed.step) == int(straight.step) == 4
+  _params_close(straight.params, resumed.params)
+  kernel = resumed.params["imu"]["head"]["kernel"]
+  assert "fsdp" in kernel.sharding.spec and kernel.sharding.mesh.shape["fsdp"] == 4
+  mu = resumed.opt_state[1][0].mu["imu"]["head"]["kernel"]
+  assert mu.sharding.spec == kernel.sharding.spec
+
+
+def test_profile_steps_write_a_trace(demo_dir, tmp_path):
+  config = tiny_config(demo_dir, total_steps=3, profile_steps=(1, 2), checkpoint_every=3)
+  train.Trainer(config, str(tmp_path), devices=jax.devices()[:1]).train()
+  traces = list((tmp_path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("steps", [(3, 1), (-1, 2), (4,), "1-2"])
+def test_bad_profile_steps_are_rejected(demo_dir, steps):
+  with pytest.raises(ValueError, match="profile_steps"):
+    train.Trainer(tiny_config(demo_dir, profile_steps=steps), None)
+
+
+_COMPILE_ONE_STEP = """
+import sys, jax
+from configs import pretrain
+from mujo_jax import train
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
+config = pretrain.get_config("demo")
+config.model.update(width=32, depth=1, num_heads=2, mlp_dim=64, embed_dim=32)
+config.batch_size = 8
+config.compilation_cache_dir = sys.argv[1]
+train.Trainer(config, None).compiled_step((("imu", "text"),))
+print("cache hits:", len(hits))
+"""
+
+
+def test_compilation_cache_serves_a_second_job(tmp_path):
+  cache = tmp_path / "xla_cache"
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  outputs, entries = [], []
+  for _ in range(2):
+    out = subprocess.run([sys.executable, "-c", _COMPILE_ONE_STEP, str(cache)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    outputs.append(out.stdout)
+    entries.append(sorted(os.listdir(cache)))
+  assert "cache hits: 0" in outputs[0] and entries[0]  # the first job fills the cache
+  assert "cache hits: 0" not in outputs[1]  # the second compiles nothing new
+  assert entries[1] == entries[0]

@@ -248,10 +248,10 @@ class Evaluator:
 
   def run_zero_shot(self) -> tuple[np.ndarray, dict]:
     """Nearest class prompt in the joint space; the null class (if any) is never predicted."""
-    from data_prep import text  # pylint: disable=import-outside-toplevel
+    from mujo_jax import tokenizer  # pylint: disable=import-outside-toplevel
     names = [n for n in self.recordings.class_names]
     prompts = datasets.class_prompts(self.config.dataset, names, self.config.zero_shot_template)
-    ids, lengths = text.tokenize(text.load_tokenizer(), prompts, self.model_config.text_len)
+    ids, lengths = tokenizer.tokenize(tokenizer.load_tokenizer(), prompts, self.model_config.text_len)
     model = model_lib.MuJo(self.model_config)
     class_emb = np.asarray(model.apply({"params": self.pretrained_params},
                                        {"text_ids": ids, "text_len": lengths},
