@@ -50,13 +50,20 @@ def _params_close(a, b):
 
 
 def test_resume_gives_the_same_parameters_as_a_straight_run(demo_dir, tmp_path):
-  straight = train.Trainer(tiny_config(demo_dir), str(tmp_path / "a")).train()
-  train.Trainer(tiny_config(demo_dir), str(tmp_path / "b")).train(stop_at_step=10)
-  resumed = train.Trainer(tiny_config(demo_dir), str(tmp_path / "b")).train()
+  """Stop at step 10, rerun: the parameters of a straight run, with fsdp-sharded state
+  (data 2 x fsdp 4) restored into its sharding and device prefetch ahead of the step."""
+  config = lambda: tiny_config(demo_dir, mesh={"data": 2, "fsdp": 4})
+  straight = train.Trainer(config(), str(tmp_path / "a")).train()
+  train.Trainer(config(), str(tmp_path / "b")).train(stop_at_step=10)
+  resumed = train.Trainer(config(), str(tmp_path / "b")).train()
   assert int(resumed.step) == int(straight.step) == 20
   _params_close(straight.params, resumed.params)
   rows = metric_writer.read_metrics(str(tmp_path / "b"))
   assert [r["step"] for r in rows] == [5, 10, 15, 20]
+  kernel = resumed.params["imu"]["head"]["kernel"]
+  assert "fsdp" in kernel.sharding.spec and kernel.sharding.mesh.shape["fsdp"] == 4
+  mu = resumed.opt_state[1][0].mu["imu"]["head"]["kernel"]
+  assert mu.sharding.spec == kernel.sharding.spec
 
 
 @pytest.mark.parametrize("strategy, expected", [
@@ -160,22 +167,6 @@ def test_a_model_that_does_not_fit_the_dataset_is_named_before_training(demo_dir
   with pytest.raises(ValueError, match=r"--config.model.num_joints=17 \(the dataset has 17 "):
     train.Trainer(config, str(tmp_path)).train()
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
-
-
-@pytest.mark.slow  # three short runs, each compiling an 8-device step
-def test_fsdp_run_resumes_exactly_with_sharded_state(demo_dir, tmp_path):
-  """Checkpoints of fsdp-sharded state restore into that sharding and resume exactly."""
-  config = lambda: tiny_config(demo_dir, total_steps=4, log_every=2, checkpoint_every=2,
-                               mesh={"data": 2, "fsdp": 4})
-  straight = train.Trainer(config(), str(tmp_path / "a")).train()
-  train.Trainer(config(), str(tmp_path / "b")).train(stop_at_step=2)
-  resumed = train.Trainer(config(), str(tmp_path / "b")).train()
-  assert int(resumed.step) == int(straight.step) == 4
-  _params_close(straight.params, resumed.params)
-  kernel = resumed.params["imu"]["head"]["kernel"]
-  assert "fsdp" in kernel.sharding.spec and kernel.sharding.mesh.shape["fsdp"] == 4
-  mu = resumed.opt_state[1][0].mu["imu"]["head"]["kernel"]
-  assert mu.sharding.spec == kernel.sharding.spec
 
 
 def test_profile_steps_write_a_trace(demo_dir, tmp_path):
