@@ -774,6 +774,7 @@ class DevicePrefetchIterator(grain.DatasetIterator):
     self._host, self._mesh, self._size, self._axis = iterator, mesh, size, data_axis
     self._keys = None if keys is None else tuple(keys)
     self._queue: collections.deque = collections.deque()
+    self._error: Exception | None = None
     self._state = self._host_state()
 
   def _host_state(self):
@@ -782,10 +783,17 @@ class DevicePrefetchIterator(grain.DatasetIterator):
     return None if get_state is None else copy.deepcopy(get_state())
 
   def _fill(self, size: int) -> None:
-    while len(self._queue) < size:
+    """Reads ahead up to `size` batches. An error while reading ahead is kept and
+    raised only when the batch it stands for is asked for: a job stopping (e.g. on
+    SIGTERM, which also ends Grain's workers) must still get to save the state of
+    the batches it did take."""
+    while len(self._queue) < size and self._error is None:
       try:
         local = next(self._host)
       except StopIteration:
+        return
+      except Exception as e:  # pylint: disable=broad-except
+        self._error = e
         return
       if self._keys is not None:
         local = {k: local[k] for k in self._keys}
@@ -794,6 +802,8 @@ class DevicePrefetchIterator(grain.DatasetIterator):
   def __next__(self) -> dict[str, jax.Array]:
     self._fill(max(self._size, 1))
     if not self._queue:
+      if self._error is not None:
+        raise self._error
       raise StopIteration
     batch, self._state = self._queue.popleft()
     self._fill(self._size)  # the next copies start before this batch's step
@@ -804,6 +814,7 @@ class DevicePrefetchIterator(grain.DatasetIterator):
 
   def set_state(self, state) -> None:
     self._queue.clear()
+    self._error = None
     self._host.set_state(state)
     self._state = copy.deepcopy(state)
 

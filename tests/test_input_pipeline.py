@@ -393,3 +393,36 @@ def test_prefetch_to_device_resumes_exactly(tiny_dataset, tmp_path):
   only = list(ip.prefetch_to_device(iter(host), mesh, 1, keys=("imu", "label")))
   assert len(only) == 1 and sorted(only[0]) == ["imu", "label"]
   np.testing.assert_array_equal(np.asarray(only[0]["imu"]), host[0]["imu"])
+
+
+def test_prefetch_raises_a_read_ahead_error_only_when_its_batch_is_asked_for():
+  """A job stopping on SIGTERM (which also ends Grain's workers) must still hand out
+  the batches already fetched and report the state of the last one it took."""
+  mesh = jax.make_mesh((8,), ("data",))
+
+  class Host:
+    def __init__(self):
+      self.position = 0
+
+    def __next__(self):
+      if self.position == 3:
+        raise RuntimeError("worker process was terminated")
+      self.position += 1
+      return {"x": np.full((8,), self.position, np.int32)}
+
+    def get_state(self):
+      return {"position": self.position}
+
+    def set_state(self, state):
+      self.position = state["position"]
+
+  it = ip.prefetch_to_device(Host(), mesh, size=2)
+  assert int(np.asarray(next(it)["x"])[0]) == 1
+  assert int(np.asarray(next(it)["x"])[0]) == 2  # reading batch 4 ahead failed here
+  assert it.get_state() == {"position": 2}
+  assert int(np.asarray(next(it)["x"])[0]) == 3
+  with pytest.raises(RuntimeError, match="worker process was terminated"):
+    next(it)
+  assert it.get_state() == {"position": 3}
+  it.set_state({"position": 1})  # a restore clears the error
+  assert int(np.asarray(next(it)["x"])[0]) == 2
