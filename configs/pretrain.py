@@ -17,6 +17,7 @@ Any field can also be overridden with --config.some.field=value.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 from mujo_jax import model as model_lib
@@ -88,9 +89,9 @@ def get_config(arg=None):
   config.compute_dtype = "auto"   # bfloat16 on GPU/TPU, float32 on CPU
 
   # Persistent XLA compilation cache (a local path or gs://); None: off.
-  config.compilation_cache_dir = None
+  config.compilation_cache_dir = config_dict.placeholder(str)
   # (first, last) step of a profiler trace written into WORKDIR/profile; None: off.
-  config.profile_steps = None
+  config.profile_steps = config_dict.placeholder(tuple)
 
   config.log_every = 50
   config.eval_every = 1000
