@@ -73,3 +73,13 @@ def example_ids(batch) -> np.ndarray:
 def tiny_dataset(tmp_path):
   write_tiny_dataset(tmp_path)
   return str(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+  """A small demo dataset (30 clips), built once and only read by the tests."""
+  from data_prep import make_demo  # pylint: disable=import-outside-toplevel
+  out = tmp_path_factory.mktemp("demo")
+  make_demo.build(str(out), seed=0, clips_per_exercise=3, val_fraction=0.34,
+                  clip_seconds=(10.0, 16.0), workers=2, records_per_shard=16, log=lambda *_: None)
+  return str(out)

@@ -8,7 +8,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import pretrain
-from data_prep import make_demo
 from mujo_jax import contrastive
 from mujo_jax import evaluation
 from mujo_jax import input_pipeline
@@ -203,14 +202,6 @@ def test_prompt_batches_place_prompt_c_at_global_row_c():
   np.testing.assert_array_equal(rows[:5], ids)
   np.testing.assert_array_equal(lens, [2, 3, 4, 5, 6, 9, 9, 9])
   assert not rows[5:].any()
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("demo")
-  make_demo.build(str(out), seed=0, clips_per_exercise=3, val_fraction=0.34,
-                  clip_seconds=(10.0, 16.0), workers=2, records_per_shard=16, log=lambda *_: None)
-  return str(out)
 
 
 def host_val_split(trainer, state):

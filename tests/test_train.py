@@ -12,19 +12,10 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from data_prep import make_demo
 from mujo_jax import metric_writer
 from mujo_jax import train
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("demo")
-  make_demo.build(str(out), seed=0, clips_per_exercise=3, val_fraction=0.34,
-                  clip_seconds=(10.0, 16.0), workers=2, records_per_shard=16, log=lambda *_: None)
-  return str(out)
 
 
 def tiny_config(data_dir, **overrides):
