@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch", reason="PyTorch (a test extra: requirements
 from mujo_jax import export
 from mujo_jax import model as model_lib
 from mujo_jax import torch_mujo
-from test_train import demo_dir, tiny_config  # noqa: F401  (module-scoped demo fixture)
+from test_train import tiny_config
 from mujo_jax import train
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
