@@ -39,6 +39,8 @@ def get_config(arg=None):
   config.data.modality_dropout = 0.0
   config.data.num_workers = 8
   config.data.skip_corrupt = False
+  # With skip_corrupt: stop when more than this fraction of the records read is corrupt.
+  config.data.max_corrupt_fraction = 0.01
   # Shards on gs:// are read in blocks (the read-ahead unit) into a block cache
   # per process and worker; a slice that fits the cache is fetched once.
   config.data.remote_block_mb = 8
@@ -69,6 +71,9 @@ def get_config(arg=None):
   config.optim.b1 = 0.9
   config.optim.b2 = 0.98
   config.optim.grad_clip_norm = 1.0
+  # A step whose loss or gradients are not finite is skipped (no update); this
+  # many in a row stop the run with an error.
+  config.optim.max_consecutive_nonfinite = 10
   # Parameters matching this regex get no weight decay.
   config.optim.no_decay_regex = r".*(bias|scale|embedding|pos_embedding|cls|log_logit_scale).*"
 
