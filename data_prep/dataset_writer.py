@@ -3,8 +3,9 @@
 Every converter (the demo generator, real-data converters) ends here, so all
 datasets share one layout (DIR local or gs://):
   DIR/{split}-{k:05d}.tfrecord            shards of `records_per_shard` records
-  DIR/{split}-{k:05d}.tfrecord.index.npy  their offset indexes
-  DIR/dataset_info.json                   written last: its presence marks the dataset complete
+  DIR/{split}-{k:05d}.tfrecord.index.npy  their offset indexes (sha256 in dataset_info.json)
+  DIR/dataset_info.json                   written last: its presence marks the dataset complete;
+                                          sealed with its own sha256 (records.py)
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class DatasetWriter:
 
     def flush():
       name = f"{split}-{len(shards):05d}.tfrecord"
-      count = tfrecord.write_shard(storage.join(self.out_dir, name), buffer)
-      shards.append(records.ShardInfo(file=name, num_records=count))
+      written = tfrecord.write_shard(storage.join(self.out_dir, name), buffer)
+      shards.append(records.ShardInfo(file=name, num_records=written.num_records,
+                                      index_sha256=written.index_sha256))
       buffer.clear()
 
     for example in examples:

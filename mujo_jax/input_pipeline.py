@@ -22,6 +22,12 @@ Shards without an index are read sequentially with a window shuffle.
 The trainer turns each host-local batch into a global jax.Array sharded over the
 mesh's data axis with `to_global_batch`, or `prefetch_to_device` keeps a few
 batches already on the devices, ahead of the step.
+
+Corrupt records: by default the first one stops the pipeline with an error
+naming its shard, record and byte offset. With skip_corrupt it is logged and
+left out, and every batch says how many were: SKIPPED_CORRUPT [B] int32 (an
+ordinary per-row field, so it survives worker processes, rebatching and
+checkpointing); the trainer sums it and calls check_corrupt_fraction.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ from mujo_jax import tfrecord
 
 SIGNAL_KEYS = ("imu", "pose", "video")
 CRC_CHECKS = ("always", "first_pass", "off")
+# Per row of a batch: corrupt records skipped in the pipeline element it came from,
+# all on that element's first kept row (0 elsewhere). Summed over the batches a
+# process consumes: the corrupt records it skipped.
+SKIPPED_CORRUPT = "skipped_corrupt"
 _MERGE_GAP_BYTES = 512  # ranges of one record closer than this are read as one (field headers)
 
 
@@ -93,11 +103,14 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
     order, a long run reaches the whole split in every process and worker
     (`cache_bytes`).
   sizes: {shard path: bytes}, when a folder listing already gave them.
+  index_sha256: per shard, the digest of its index recorded in dataset_info.json
+    (None: unchecked); an index that differs is refused (tfrecord.load_index).
   """
 
   def __init__(self, paths: Sequence[str], *, verify_crc: bool = True,
                crc_check: str | None = None, cache_in_memory: bool = False,
                skip_corrupt: bool = False, sizes: dict[str, int] | None = None,
+               index_sha256: Sequence[str | None] | None = None,
                remote_block_bytes: int = 8 << 20, remote_cache_bytes: int = 256 << 20):
     if not paths:
       raise ValueError("no shards given")
@@ -110,7 +123,11 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
     self.cache_in_memory = cache_in_memory
     self.skip_corrupt = skip_corrupt
     self._sizes = [None if sizes is None else sizes[p] for p in self.paths]
-    self._indexes = [tfrecord.load_index(p, n) for p, n in zip(self.paths, self._sizes)]
+    digests = [None] * len(self.paths) if index_sha256 is None else list(index_sha256)
+    if len(digests) != len(self.paths):
+      raise ValueError(f"{len(digests)} index digests for {len(self.paths)} shards")
+    self._indexes = [tfrecord.load_index(p, n, sha)
+                     for p, n, sha in zip(self.paths, self._sizes, digests)]
     counts = [len(index) for index in self._indexes]
     self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     self._block_bytes, self._cache_bytes = remote_block_bytes, remote_cache_bytes
@@ -485,11 +502,17 @@ class DecodedBatches(grain.MapDataset):
       rngs.append(PositionalRandom(self._seed, positions[kept]))
       return choose_imu_locations(location_mask, rngs[0], self._config, self._info)
 
+    ids = self._parent.record_ids(index)
     batch, kept = self._source.read_batch(
-        self._info, self._parent.record_ids(index),
-        None if self._config.imu_locations == "all" else choose)
+        self._info, ids, None if self._config.imu_locations == "all" else choose)
+    if len(kept) and not kept.any():
+      # Its skipped count would have no row to ride on (and a split that is all
+      # corrupt would otherwise be read forever).
+      raise tfrecord.CorruptRecordError(
+          f"all {len(kept)} records of this process's batch {index} are corrupt, e.g. "
+          f"{self._source.describe(ids[0])}: too damaged to skip (skip_corrupt)")
     rng = rngs[0] if rngs else PositionalRandom(self._seed, positions[kept])
-    return augment(batch, rng, self._config)
+    return with_skipped_count(augment(batch, rng, self._config), int((~kept).sum()))
 
 
 class PositionalRandom:
@@ -616,6 +639,7 @@ def parse_and_augment(elements, rng: np.random.Generator, info: records.DatasetI
   (skipped corrupt records) are left out. The IMU location is chosen before
   decoding so that only that location's samples are copied. With positions, the
   random draws are PositionalRandom(seed, positions) instead of `rng`."""
+  num_elements = len(elements)
   elements = [e for e in elements if e[1] is not None]
   if elements and len(elements[0]) == 3:
     rng = PositionalRandom(seed, [e[2] for e in elements])
@@ -624,7 +648,41 @@ def parse_and_augment(elements, rng: np.random.Generator, info: records.DatasetI
     choose = lambda mask: choose_imu_locations(mask, rng, config, info)
   batch = records.decode_batch(info, [e[1] for e in elements],
                                where=lambda i: where_fn(elements[i][0]), imu_location=choose)
-  return augment(batch, rng, config)
+  return with_skipped_count(augment(batch, rng, config), num_elements - len(elements))
+
+
+def with_skipped_count(batch: dict[str, np.ndarray], skipped: int) -> dict[str, np.ndarray]:
+  """Adds SKIPPED_CORRUPT [B]: `skipped` on row 0, zeros elsewhere."""
+  column = np.zeros(len(batch["modality_mask"]), np.int32)
+  if skipped:
+    if not len(column):
+      raise ValueError(f"{skipped} skipped records and no row to count them on")
+    column[0] = skipped
+  return {**batch, SKIPPED_CORRUPT: column}
+
+
+class TooManyCorruptRecordsError(tfrecord.CorruptRecordError):
+  """More of the records read were corrupt (and skipped) than the run allows."""
+
+
+def check_corrupt_fraction(skipped: int, read: int, max_fraction: float) -> None:
+  """Raises TooManyCorruptRecordsError when more than `max_fraction` of `read` were skipped.
+
+  skipped: corrupt records skipped so far (the sum of SKIPPED_CORRUPT over the
+  batches consumed); read: records read so far, skipped ones included (rows
+  consumed + skipped). Call it with running totals each log step: skip_corrupt
+  is meant for a few damaged records, not for hiding a damaged dataset.
+  """
+  if not 0 <= max_fraction <= 1:
+    raise ValueError(f"max_corrupt_fraction {max_fraction} is outside [0, 1]")
+  if skipped < 0 or read < skipped:
+    raise ValueError(f"{skipped} corrupt records skipped of {read} read: impossible counts")
+  if skipped > max_fraction * read:
+    raise TooManyCorruptRecordsError(
+        f"{skipped} of the {read} records read were corrupt and skipped "
+        f"({skipped / read:.3%}), more than max_corrupt_fraction {max_fraction:.3%}; "
+        "the log names each one (\"skipping corrupt record\"): rewrite those shards, "
+        "or raise config.data.max_corrupt_fraction")
 
 
 def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
@@ -647,6 +705,10 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
   batches or the iterator state, only the cost. Unindexed shards are read whole
   and sequentially: there crc_check is "off" or checks every read, and there is
   no cache.
+  skip_corrupt: leave out records whose CRC or framing is wrong instead of
+  stopping (indexed shards only); batches stay full, and SKIPPED_CORRUPT says
+  how many were left out (check_corrupt_fraction bounds them). A damaged
+  dataset_info.json or index always stops the pipeline.
   """
   if crc_check not in CRC_CHECKS:
     raise ValueError(f"crc_check {crc_check!r} is not one of {CRC_CHECKS}")
@@ -664,7 +726,9 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
       elements, rng, info, augment_config, where_fn, seed))
   unindexed = [p for p in paths if os.path.basename(tfrecord.index_path(p)) not in listing]
   if not unindexed:
+    digests = [shard.index_sha256 for shard in info.splits[split].shards]
     source = IndexedShardSource(paths, skip_corrupt=skip_corrupt, sizes=sizes,
+                                index_sha256=digests,
                                 crc_check=crc_check, cache_in_memory=cache_in_memory,
                                 remote_block_bytes=remote_block_bytes,
                                 remote_cache_bytes=remote_cache_bytes)

@@ -24,6 +24,16 @@ fills zeros so batches keep fixed shapes. `dataset_info.json` beside the shards
 describes shapes, rates, names, tokenizer and splits; the reader validates every
 record against it.
 
+Integrity: every byte of a dataset is covered by a check that names the file.
+Shard records carry TFRecord CRCs (tfrecord.py; checked unless crc_check="off",
+the only mode where a flipped payload byte can pass unnoticed). Each shard's
+offset index has its sha256 in dataset_info.json (ShardInfo.index_sha256). And
+dataset_info.json is sealed (DatasetInfo.save, _info_text): the file is exactly
+one canonical serialisation of its content, ending in `"sha256"` of that same
+serialisation without the digest. The reader re-serialises what it parsed and
+requires both the bytes and the digest to match, so even a change that leaves
+valid JSON (a digit, a letter, a space) is refused.
+
 Reading does not parse records with protobuf: the writer serialises
 deterministically (map keys sorted, ints packed), so `scan_records` walks a
 record's few entry headers to find each array's byte offset and the small
@@ -37,6 +47,7 @@ are parsed by protobuf instead, and invalid ones are rejected
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -48,8 +59,9 @@ from tensorflow_datasets.proto import tf_feature_pb2
 from mujo_jax import storage
 from mujo_jax.modalities import MODALITIES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: index digests in ShardInfo, dataset_info.json sealed with a sha256
 INFO_FILENAME = "dataset_info.json"
+INFO_DIGEST_KEY = "sha256"  # the last key of dataset_info.json (see _info_text)
 IMU_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z")
 IMU_UNITS = {"acc": "m/s^2 (specific force, gravity included)", "gyr": "rad/s"}
 SIGNAL_DTYPE = np.dtype("<f2")
@@ -74,6 +86,7 @@ class ArraySpec:
 class ShardInfo:
   file: str
   num_records: int
+  index_sha256: str | None = None  # of its .index.npy file; None: no index written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,11 +147,10 @@ class DatasetInfo:
 
   @classmethod
   def from_json(cls, d: Mapping[str, Any], where: str = INFO_FILENAME) -> "DatasetInfo":
+    """The info of a parsed dataset_info.json; its seal is checked by `load`, not here."""
     d = dict(d)
-    version = d.get("format_version")
-    if version != FORMAT_VERSION:
-      raise RecordFormatError(
-          f"{where}: format_version {version!r}, this reader understands {FORMAT_VERSION}")
+    _check_version(d, where)
+    d.pop(INFO_DIGEST_KEY, None)
     stored_specs = d.pop("array_specs", None)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
@@ -165,24 +177,30 @@ class DatasetInfo:
     return info
 
   def save(self, directory: str) -> str:
-    """Writes dataset_info.json atomically (it marks a dataset as complete)."""
+    """Writes dataset_info.json, sealed, atomically (it marks a dataset as complete)."""
     path = storage.join(directory, INFO_FILENAME)
-    storage.write_json(path, self.to_json(), indent=2)
+    storage.write_text(path, seal_info_json(self.to_json()))
     return path
 
   @classmethod
   def load(cls, directory: str) -> "DatasetInfo":
+    """Reads dataset_info.json; RecordFormatError naming it if its seal is broken."""
     path = storage.join(directory, INFO_FILENAME)
     try:
-      text = storage.read_text(path)
+      blob = storage.read_bytes(path)
     except FileNotFoundError:
       raise FileNotFoundError(
           f"{path} not found: {directory} is not a complete FiMAD-format dataset "
           f"(make one with `python -m data_prep.make_demo --out_dir={directory}`)") from None
     try:
+      text = blob.decode("ascii")  # the writer escapes everything else
       d = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise RecordFormatError(f"{path}: not valid JSON: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise RecordFormatError(f"{path}: not ASCII JSON (a damaged file?): {e}") from e
+    if not isinstance(d, dict):
+      raise RecordFormatError(f"{path}: not a JSON object (a damaged file?)")
+    _check_version(d, path)
+    _check_seal(d, text, path)
     return cls.from_json(d, where=path)
 
   def shard_paths(self, directory: str, split: str) -> list[str]:
@@ -190,6 +208,46 @@ class DatasetInfo:
       raise KeyError(f"split {split!r} not in {storage.join(directory, INFO_FILENAME)}; "
                      f"it has {sorted(self.splits)}")
     return [storage.join(directory, s.file) for s in self.splits[split].shards]
+
+
+def _check_version(d: Mapping[str, Any], where: str) -> None:
+  """Before the seal: another version may seal differently, or not at all."""
+  version = d.get("format_version")
+  if version != FORMAT_VERSION:
+    raise RecordFormatError(
+        f"{where}: format_version {version!r}, this reader understands {FORMAT_VERSION} "
+        "(a dataset written by another version of mujo_jax, or a damaged file)")
+
+
+def _info_text(d: Mapping[str, Any]) -> str:
+  """The one serialisation of dataset_info.json: 2-space indent, ASCII only
+  (non-ASCII escaped), keys in the order given, a final newline."""
+  return json.dumps(d, indent=2, ensure_ascii=True, allow_nan=False) + "\n"
+
+
+def seal_info_json(d: Mapping[str, Any]) -> str:
+  """The text of dataset_info.json for `d` (DatasetInfo.to_json): _info_text of
+  d followed by INFO_DIGEST_KEY, the sha256 of _info_text(d)."""
+  d = {k: v for k, v in d.items() if k != INFO_DIGEST_KEY}
+  return _info_text({**d, INFO_DIGEST_KEY: _info_digest(d)})
+
+
+def _info_digest(d: Mapping[str, Any]) -> str:
+  return hashlib.sha256(_info_text(d).encode()).hexdigest()
+
+
+def _check_seal(d: Mapping[str, Any], text: str, where: str) -> None:
+  digest = d.get(INFO_DIGEST_KEY)
+  if not isinstance(digest, str):
+    raise RecordFormatError(f"{where}: no {INFO_DIGEST_KEY!r} digest (a damaged file?)")
+  if text == seal_info_json(d):
+    return
+  if _info_digest({k: v for k, v in d.items() if k != INFO_DIGEST_KEY}) != digest:
+    problem = f"its content does not match its {INFO_DIGEST_KEY} digest"
+  else:
+    problem = "its bytes are not the form its writer made (spacing, key order or escapes)"
+  raise RecordFormatError(f"{where}: {problem}: the file is damaged or was edited "
+                          "(write it with DatasetInfo.save)")
 
 
 def _samples(rate_hz: float, seconds: float) -> int:

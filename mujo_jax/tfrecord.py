@@ -9,14 +9,21 @@ Beside each shard `X.tfrecord` we write `X.tfrecord.index.npy`: int64 [N, 2] of
 (payload byte offset, payload length). With it a shard is random-access, which is
 what global shuffling, deterministic order and exact resumption in Grain need.
 `build_index` recreates an index for a shard written by other tools.
+
+The CRCs cover every byte of a shard; an index has no checksum of its own, so
+write_shard returns the sha256 of the index bytes it wrote, which the dataset
+writer records in dataset_info.json (itself sealed, records.py), and
+load_index(sha256=...) refuses an index whose bytes differ from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import google_crc32c
 import numpy as np
@@ -54,8 +61,13 @@ def index_path(shard_path: str) -> str:
   return shard_path + INDEX_SUFFIX
 
 
-def write_shard(path: str, payloads: Iterable[bytes]) -> int:
-  """Writes a shard and its index atomically; returns the number of records.
+class WrittenShard(NamedTuple):
+  num_records: int
+  index_sha256: str  # of the index file's bytes, for load_index(sha256=...)
+
+
+def write_shard(path: str, payloads: Iterable[bytes]) -> WrittenShard:
+  """Writes a shard and its index atomically.
 
   Each file is complete or absent (storage.atomic_write), and the index is
   written last, so a crash never leaves a shard that looks whole.
@@ -68,14 +80,20 @@ def write_shard(path: str, payloads: Iterable[bytes]) -> int:
       f.write(record)
       offsets.append((pos + _HEADER.size, len(payload)))
       pos += len(record)
-  _write_index(path, offsets)
-  return len(offsets)
+  return WrittenShard(len(offsets), _write_index(path, offsets))
 
 
-def _write_index(path: str, offsets) -> None:
+def _write_index(path: str, offsets) -> str:
+  """Writes the index; returns the sha256 (hex) of its bytes."""
   buffer = io.BytesIO()
   np.save(buffer, np.asarray(offsets, dtype=np.int64).reshape(-1, 2))
   storage.write_bytes(index_path(path), buffer.getvalue())
+  return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def index_sha256(path: str) -> str:
+  """The sha256 (hex) of the stored index of shard `path`, as write_shard returns it."""
+  return hashlib.sha256(storage.read_bytes(index_path(path))).hexdigest()
 
 
 def iter_records(path: str, *, verify: bool = True,
@@ -109,17 +127,19 @@ def iter_records(path: str, *, verify: bool = True,
       pos += _HEADER.size + length + _FOOTER.size
 
 
-def build_index(path: str) -> int:
-  """Scans a shard (checking every CRC) and writes its index; returns the count."""
+def build_index(path: str) -> WrittenShard:
+  """Scans a shard (checking every CRC) and writes its index."""
   offsets = [(off, len(p)) for off, p in iter_records(path)]
-  _write_index(path, offsets)
-  return len(offsets)
+  return WrittenShard(len(offsets), _write_index(path, offsets))
 
 
-def load_index(path: str, size: int | None = None) -> np.ndarray:
+def load_index(path: str, size: int | None = None, sha256: str | None = None) -> np.ndarray:
   """The [N, 2] (offset, length) index of a shard, checked against its size.
 
   size: the shard's size in bytes when already known (from a folder listing).
+  sha256: the digest write_shard returned for it (dataset_info.json keeps it);
+    an index whose bytes differ is refused: a flipped offset or length would
+    otherwise read the wrong bytes, or the right bytes as a different record.
   """
   ipath = index_path(path)
   try:
@@ -128,6 +148,10 @@ def load_index(path: str, size: int | None = None) -> np.ndarray:
     raise FileNotFoundError(
         f"{path} has no index {ipath}; build one with "
         f"`python -m mujo_jax.tfrecord {path}` or read it sequentially") from None
+  if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
+    raise CorruptRecordError(
+        f"{ipath}: sha256 {hashlib.sha256(blob).hexdigest()} is not the {sha256} recorded "
+        "for it when the dataset was written: the index is damaged or was replaced")
   try:
     index = np.load(io.BytesIO(blob), allow_pickle=False)
   except ValueError as e:
@@ -265,7 +289,8 @@ class ShardReader:
 def main(argv: Sequence[str]) -> None:
   """`python -m mujo_jax.tfrecord SHARD...` builds indexes for existing shards."""
   for path in argv[1:]:
-    print(f"{path}: indexed {build_index(path)} records")
+    written = build_index(path)
+    print(f"{path}: indexed {written.num_records} records, index sha256 {written.index_sha256}")
 
 
 if __name__ == "__main__":

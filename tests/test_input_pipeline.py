@@ -1,4 +1,5 @@
 import collections
+import dataclasses
 import os
 
 import grain
@@ -180,6 +181,7 @@ def test_skip_corrupt_keeps_batches_full(tiny_dataset):
   # Record 3 of shard 2 is global record 17: clip 3, window 2.
   assert sorted(ids) == sorted(2 * sorted(TRAIN_IDS - {302}))
   assert [len(b["label"]) for b in batches] == [5] * 23 + [3]
+  assert sum(int(b[ip.SKIPPED_CORRUPT].sum()) for b in batches) == 2  # once per epoch
 
 
 def test_unindexed_shards_read_sequentially(tiny_dataset):
@@ -300,6 +302,17 @@ def test_corrupt_record_is_caught_on_its_first_read(tiny_dataset, crc_check):
     _ids(tiny_dataset, 10, shuffle=False, crc_check="off")
 
 
+def _rewrite_shard(data_dir, k, payloads):
+  """Replaces train shard k, recording its new index digest in dataset_info.json."""
+  info = records.DatasetInfo.load(data_dir)
+  split = info.splits["train"]
+  shards = list(split.shards)
+  written = tfrecord.write_shard(info.shard_paths(data_dir, "train")[k], payloads)
+  shards[k] = dataclasses.replace(shards[k], index_sha256=written.index_sha256)
+  dataclasses.replace(info, splits={**info.splits, "train": dataclasses.replace(
+      split, shards=tuple(shards))}).save(data_dir)
+
+
 def test_records_of_another_writer_in_a_shard_are_read_alike(tiny_dataset):
   """A shard rewritten in another valid layout (protobuf parses it, offsets found by
   value) gives the same batches in every mode, range reads included."""
@@ -308,7 +321,7 @@ def test_records_of_another_writer_in_a_shard_are_read_alike(tiny_dataset):
   info = records.DatasetInfo.load(tiny_dataset)
   shard = info.shard_paths(tiny_dataset, "train")[1]
   payloads = [p for _, p in tfrecord.iter_records(shard)]
-  tfrecord.write_shard(shard, [_rewrite(p, reverse=True, unpacked=True) for p in payloads])
+  _rewrite_shard(tiny_dataset, 1, [_rewrite(p, reverse=True, unpacked=True) for p in payloads])
   assert [p for _, p in tfrecord.iter_records(shard)] != payloads
   for crc_check, cache in MODES:
     _assert_same(_batches(tiny_dataset, 25, crc_check=crc_check, cache_in_memory=cache), want)
@@ -319,7 +332,7 @@ def test_a_record_that_is_not_an_example_names_shard_and_record(tiny_dataset):
   shard = info.shard_paths(tiny_dataset, "train")[4]
   payloads = [p for _, p in tfrecord.iter_records(shard)]
   payloads[2] = payloads[2][:-9]  # framed and checksummed, but cut short
-  tfrecord.write_shard(shard, payloads)
+  _rewrite_shard(tiny_dataset, 4, payloads)
   offset = int(tfrecord.load_index(shard)[2, 0]) - 12
   for crc_check in ip.CRC_CHECKS:
     with pytest.raises(records.RecordFormatError,

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -77,11 +78,20 @@ def test_dataset_info_round_trip_and_validation(tmp_path):
   stored = json.loads((tmp_path / records.INFO_FILENAME).read_text())
   assert stored["array_specs"]["imu"] == {"shape": [3, 20, 6], "dtype": "<f2"}
   for key, value, message in [("format_version", 99, "format_version 99"),
+                              ("format_version", 1, "format_version 1, this reader understands 2"),
                               ("bogus", 1, r"unknown keys \['bogus'\]"),
                               ("video_dim", 9, "array_specs .* disagree")]:
     bad = dict(stored, **{key: value})
-    (tmp_path / records.INFO_FILENAME).write_text(json.dumps(bad))
+    (tmp_path / records.INFO_FILENAME).write_text(records.seal_info_json(bad))
     with pytest.raises(records.RecordFormatError, match=message):
+      records.DatasetInfo.load(str(tmp_path))
+  # Edited without resealing, or the same content spaced differently: both refused.
+  info_path = re.escape(str(tmp_path / records.INFO_FILENAME))
+  for text, message in [(json.dumps(dict(stored, video_dim=9), indent=2) + "\n",
+                         "content does not match its sha256"),
+                        (json.dumps(stored) + "\n", "not the form its writer made")]:
+    (tmp_path / records.INFO_FILENAME).write_text(text)
+    with pytest.raises(records.RecordFormatError, match=f"{info_path}: .*{message}"):
       records.DatasetInfo.load(str(tmp_path))
   with pytest.raises(KeyError, match="split 'test' not in"):
     info.shard_paths(str(tmp_path), "test")

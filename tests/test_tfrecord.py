@@ -46,7 +46,7 @@ def test_reads_tensorflow_written_file(tmp_path):
   with open(path, "wb") as f:
     f.write(TF_GOLDEN)
   assert [p for _, p in tfrecord.iter_records(path)][:2] == [b"", b"hello tfrecord"]
-  assert tfrecord.build_index(path) == 3
+  assert tfrecord.build_index(path).num_records == 3
   reader = tfrecord.ShardReader(path)
   assert reader.read(1) == b"hello tfrecord"
 
@@ -55,7 +55,8 @@ def test_round_trip_random_access(tmp_path):
   rng = np.random.default_rng(0)
   payloads = [rng.bytes(int(n)) for n in rng.integers(0, 3000, 50)]
   path = str(tmp_path / "s.tfrecord")
-  assert tfrecord.write_shard(path, payloads) == 50
+  written = tfrecord.write_shard(path, payloads)
+  assert written.num_records == 50 and written.index_sha256 == tfrecord.index_sha256(path)
   assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
   reader = tfrecord.ShardReader(path)
   order = rng.permutation(50)
@@ -63,7 +64,7 @@ def test_round_trip_random_access(tmp_path):
   assert [p for _, p in tfrecord.iter_records(path)] == payloads
   index = np.load(tfrecord.index_path(path))
   os.remove(tfrecord.index_path(path))
-  assert tfrecord.build_index(path) == 50
+  assert tfrecord.build_index(path) == written  # the same bytes, so the same digest
   np.testing.assert_array_equal(np.load(tfrecord.index_path(path)), index)
 
 
@@ -154,3 +155,17 @@ def test_per_record_verify_and_range_reads(tmp_path):
   a, b = bytearray(10), bytearray(6)
   reader.read_into([(7, 4, [memoryview(a), memoryview(b)]), (0, 0, [memoryview(bytearray(3))])])
   assert bytes(a + b) == payloads[7][4:20]
+
+
+def test_index_whose_bytes_differ_from_its_digest_is_refused(tmp_path):
+  path = _write(tmp_path)
+  digest = tfrecord.index_sha256(path)
+  want = tfrecord.load_index(path, sha256=digest)
+  with open(tfrecord.index_path(path), "r+b") as f:  # record 9's length: 100 -> 96
+    f.seek(-8, os.SEEK_END)
+    f.write(b"\x60")
+  assert tfrecord.load_index(path)[9, 1] == 96  # unchecked, it reads as a shorter record
+  with pytest.raises(tfrecord.CorruptRecordError,
+                     match=rf"s\.tfrecord\.index\.npy: sha256 \w+ is not the {digest}"):
+    tfrecord.load_index(path, sha256=digest)
+  assert want[9, 1] == 100
