@@ -38,6 +38,8 @@ def get_config(arg=None):
   config.data.imu_locations = "random"       # one real location per example; or a tuple of names
   config.data.modality_dropout = 0.0
   config.data.num_workers = 8
+  # Skip records whose CRC or framing is wrong (each logged; counted per batch in
+  # "skipped_corrupt") instead of stopping.
   config.data.skip_corrupt = False
   # With skip_corrupt: stop when more than this fraction of the records read is corrupt.
   config.data.max_corrupt_fraction = 0.01
@@ -46,7 +48,9 @@ def get_config(arg=None):
   config.data.remote_block_mb = 8
   config.data.remote_cache_mb = 256
   # Record checksums: "always" (every read), "first_pass" (each record the first
-  # time this process reads it), "off".
+  # time this process reads it), "off" (a flipped byte inside a record's payload
+  # then goes unnoticed unless it breaks the record's framing). Index files and
+  # dataset_info.json are checked by sha256 in every mode.
   config.data.crc_check = "always"
   # Keep this process's records in RAM after their first read (same order, same
   # resumable state); for slices that fit in memory.
