@@ -6,12 +6,17 @@ The config decides what runs (`config.mode`). Re-running the same command with
 the same workdir resumes from its last checkpoint. Workdir and data may be local
 paths or gs:// URIs (mujo_jax/storage.py).
 
+Before anything is written, mujo_jax/preflight.py checks the command line (a
+misspelled --config.field names the nearest real ones), the workdir (checkpoints
+of another model are refused, and its config.json kept) and the dataset.
+
 Several processes (one per TPU VM host or GPU node) run the same command with
 --jax_distributed: JAX detects TPU VMs and SLURM itself; elsewhere pass
 --coordinator_address, --num_processes and --process_id.
 """
 
 import logging as std_logging
+import sys
 
 from absl import app
 from absl import flags
@@ -19,6 +24,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mujo_jax import preflight
 from mujo_jax import storage
 
 FLAGS = flags.FLAGS
@@ -33,23 +39,6 @@ flags.DEFINE_string("coordinator_address", None,
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --jax_distributed).")
 flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def ensure_data(config) -> None:
-  """Builds the embedded demo dataset on first use, when the config asks for it."""
-  from mujo_jax import records  # pylint: disable=import-outside-toplevel
-  if storage.exists(storage.join(config.data.dir, records.INFO_FILENAME)):
-    return
-  if not config.data.get("build_demo_if_missing", False):
-    records.DatasetInfo.load(config.data.dir)  # raises with instructions
-  logging.info("no dataset at %s yet: building the demo dataset there first (about a minute)",
-               config.data.dir)
-  from data_prep import make_demo  # pylint: disable=import-outside-toplevel
-  if jax.process_index() == 0:
-    make_demo.build(config.data.dir, log=logging.info)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices("demo data built")
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -74,24 +63,35 @@ def main(argv):
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   config = FLAGS.config
   workdir = storage.absolute(FLAGS.workdir)
-  if jax.process_index() == 0:
-    storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   logging.info("process %d of %d; backend %s, %d device(s) (%d here): %s", jax.process_index(),
                jax.process_count(), jax.default_backend(), jax.device_count(),
                jax.local_device_count(), jax.devices()[0].device_kind)
+  try:
+    preflight.prepare_workdir(config, workdir)
+  except preflight.SetupError as e:
+    sys.exit(f"FATAL: {e}")  # a setup mistake, not a bug: the message, no traceback
   if config.mode == "pretrain":
     from mujo_jax import train  # pylint: disable=import-outside-toplevel
-    ensure_data(config)
     train.Trainer(config, workdir).train()
-  elif config.mode == "finetune":
+    logging.info("done; metrics in %s", storage.join(workdir, "metrics.jsonl"))
+  else:
     from mujo_jax.downstream import finetune  # pylint: disable=import-outside-toplevel
     finetune.Evaluator(config, workdir).run()
     logging.info("done; results in %s", storage.join(workdir, "results.md"))
-    return
-  else:
-    raise ValueError(f"unknown config.mode {config.mode!r}; known: 'pretrain', 'finetune'")
-  logging.info("done; metrics in %s", storage.join(workdir, "metrics.jsonl"))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; a --config.field the config lacks gets one message naming
+  the nearest real fields instead of ml_collections' KeyError traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError):
+    problems = preflight.misspelled_config_fields(argv)
+    if not problems:
+      raise
+  sys.stderr.write("FATAL Flags parsing error:\n  " + "\n  ".join(problems) + "\n")
+  sys.exit(1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
