@@ -35,10 +35,12 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import functools
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from absl import flags
@@ -784,8 +786,26 @@ def make_iterator(ds: grain.IterDataset, num_workers: int = 0,
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()  # Grain's workers read absl flags; use their defaults.
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=per_worker_buffer_size))
+        num_workers=num_workers, per_worker_buffer_size=per_worker_buffer_size),
+        worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
   return iter(ds)
+
+
+def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: exit when the training process `parent` is gone.
+
+  A job killed with SIGKILL cannot stop its workers, which would otherwise keep
+  running (hundreds of MB each) and hold their shared memory. The parent's pid
+  comes from the parent: a worker may start only after it died.
+  """
+  del worker_index, worker_count
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(0)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def to_global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,

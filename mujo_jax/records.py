@@ -191,7 +191,9 @@ class DatasetInfo:
     except FileNotFoundError:
       raise FileNotFoundError(
           f"{path} not found: {directory} is not a complete FiMAD-format dataset "
-          f"(make one with `python -m data_prep.make_demo --out_dir={directory}`)") from None
+          f"(make one with `python -m data_prep.make_demo --out_dir={directory}` or a "
+          f"converter in data_prep/, or point --config.data.dir at a dataset; an "
+          f"interrupted converter leaves none: it is written last)") from None
     try:
       text = blob.decode("ascii")  # the writer escapes everything else
       d = json.loads(text)
@@ -216,7 +218,8 @@ def _check_version(d: Mapping[str, Any], where: str) -> None:
   if version != FORMAT_VERSION:
     raise RecordFormatError(
         f"{where}: format_version {version!r}, this reader understands {FORMAT_VERSION} "
-        "(a dataset written by another version of mujo_jax, or a damaged file)")
+        "(a dataset written by another version of mujo_jax, or a damaged file): rebuild it "
+        "with this version's data_prep, or run the mujo_jax version that wrote it")
 
 
 def _info_text(d: Mapping[str, Any]) -> str:

@@ -61,13 +61,17 @@ class Job:
     return open(self.log_path).read()
 
   def kill(self):
-    """SIGKILL to the job's process. What it leaves behind (Grain's input worker and
-    multiprocessing's resource tracker outlive it) gets SIGTERM: the worker stops, and
-    the tracker then frees the shared memory the job held and exits."""
+    """SIGKILL to the job's process. What it started (Grain's input worker, then
+    multiprocessing's resource tracker, which frees the shared memory) must exit
+    by itself (input_pipeline._exit_with_parent); the test fails if it does not."""
     self.proc.send_signal(signal.SIGKILL)
     self.proc.wait(timeout=60)
-    self._signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while self._signal_group(0) and time.monotonic() < deadline:
+      time.sleep(0.2)
+    outlived = self._signal_group(signal.SIGKILL)
     self._log.close()
+    assert not outlived, "processes of the killed job (input workers?) outlived it by 30 s"
 
   def reap(self, timeout=30):
     """Waits for the job's process group to be gone; SIGKILL to whatever remains."""
