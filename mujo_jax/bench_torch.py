@@ -8,10 +8,11 @@ Both sides train one model from one start: the JAX side is the real step
 (`train.Trainer.compiled_step`: the towers, global InfoNCE over the pairs, AdamW
 with clipping); the PyTorch side is `torch_mujo.MuJoEncoders` loaded with the
 same initial parameters through `export.torch_state_dict`, the same symmetric
-InfoNCE (masks, capped logit scale), `torch.optim.AdamW` with the same
-hyperparameters, learning-rate schedule and no-decay mask, and global-norm
-clipping. `make_torch_step` is that PyTorch step; tests/test_bench_torch.py
-checks that it matches the JAX step number for number.
+InfoNCE (masks, logit scale), `torch.optim.AdamW` with the same hyperparameters,
+learning-rate schedule and no-decay mask, global-norm clipping, and the logit
+scale's parameter clamped after each update. `make_torch_step` is that PyTorch
+step; tests/test_bench_torch.py checks that it matches the JAX step number for
+number.
 
 The two are timed in alternating blocks (JAX, PyTorch, JAX, ...) of `--steps`
 steps each, so that load from other processes hits both; the medians of all
@@ -172,6 +173,7 @@ def make_torch_step(config: ml_collections.ConfigDict, model_config: ml_collecti
     grad_norm = torch.nn.utils.get_total_norm(grads)
     torch.nn.utils.clip_grads_with_norm_(parameters, o.grad_clip_norm, grad_norm)
     optimizer.step()
+    model.clamp_logit_scale_()       # as the JAX step: the parameter, after the update
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss.detach(), "grad_norm": grad_norm.detach(),
             **{f"loss/{k}": v.detach() for k, v in per_pair.items()}}

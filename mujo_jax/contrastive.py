@@ -175,7 +175,7 @@ def contrastive_loss(embeddings: Mapping[str, jax.Array], masks: Mapping[str, ja
   embeddings: {modality: [N, D]} L2-normalised, batch-sharded over `data_axis`
   (one mesh axis or a tuple of them, e.g. ("data", "fsdp"), major to minor).
   masks: {modality: [N]} bool or 0/1, whether each example has that modality.
-  pairs: static modality pairs; logit_scale: scalar (already exp'd and capped).
+  pairs: static modality pairs; logit_scale: scalar (already exp'd).
   chunk_size: 0 scores each device's [n_local, N] block at once; > 0 walks the
   columns in chunks of that many (any N; see the module docstring).
   Returns (total, {"a_b": loss}) where total is the sum of the per-pair losses
@@ -235,17 +235,8 @@ def all_pairs(modalities: Sequence[str]) -> tuple[tuple[str, str], ...]:
   return tuple(itertools.combinations(_canonical(modalities), 2))
 
 
-def pairs_for_step(strategy: str, modalities: Sequence[str], step: int,
-                   seed: int = 0) -> tuple[tuple[str, str], ...]:
-  """The modality pairs whose losses a training step sums (host side, static per step).
-
-  The trainer compiles one step per distinct result, so only the towers that the
-  returned pairs use run. Strategies (MuJo's multitask variants):
-    all_pairs     every pair of enabled modalities, summed (default);
-    random_pair   one pair per step, uniform, deterministic in (seed, step);
-    round_robin   pair number step % n_pairs, cycling in canonical order;
-    imu_anchored  the pairs that contain "imu", summed.
-  """
+def _strategy_candidates(strategy: str, modalities: Sequence[str]) -> tuple[tuple[str, str], ...]:
+  """The pairs a strategy draws from (random_pair, round_robin) or sums (the others)."""
   if strategy not in STRATEGIES:
     raise ValueError(f"unknown multitask strategy {strategy!r}; known: {STRATEGIES}")
   candidates = all_pairs(modalities)
@@ -257,12 +248,40 @@ def pairs_for_step(strategy: str, modalities: Sequence[str], step: int,
   if not candidates:
     raise ValueError(f"strategy {strategy!r} needs at least two modalities; enabled: "
                      f"{tuple(modalities)}")
+  return candidates
+
+
+def pairs_for_step(strategy: str, modalities: Sequence[str], step: int,
+                   seed: int = 0) -> tuple[tuple[str, str], ...]:
+  """The modality pairs whose losses a training step sums (host side, static per step).
+
+  The trainer compiles one step per distinct result (`step_pair_sets`), so only
+  the towers that the returned pairs use run. Strategies (MuJo's multitask variants):
+    all_pairs     every pair of enabled modalities, summed (default);
+    random_pair   one pair per step, uniform, deterministic in (seed, step);
+    round_robin   pair number step % n_pairs, cycling in canonical order;
+    imu_anchored  the pairs that contain "imu", summed.
+  """
+  candidates = _strategy_candidates(strategy, modalities)
   if strategy == "random_pair":
     rng = np.random.default_rng([seed, step])
     return (candidates[int(rng.integers(len(candidates)))],)
   if strategy == "round_robin":
     return (candidates[step % len(candidates)],)
   return candidates
+
+
+def step_pair_sets(strategy: str,
+                   modalities: Sequence[str]) -> tuple[tuple[tuple[str, str], ...], ...]:
+  """Every distinct result `pairs_for_step` can give for this strategy, whatever the step.
+
+  The trainer compiles one step for each before the first step, so that no
+  compilation stalls the loop later (random_pair may first draw a pair late).
+  """
+  candidates = _strategy_candidates(strategy, modalities)
+  if strategy in ("random_pair", "round_robin"):
+    return tuple((pair,) for pair in candidates)
+  return (candidates,)
 
 
 def retrieval_recall(za, zb, ks: Sequence[int] = (1, 5), valid=None,

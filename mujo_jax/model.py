@@ -279,7 +279,14 @@ class Tower(nn.Module):
                        f"{tokens.shape[1]} from inputs of shape {inputs.shape}")
     pos_embedding = self.param("pos_embedding", nn.initializers.normal(0.02),
                                (1, self.num_tokens, self.width), jnp.float32)
-    cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32)
+    # Not zeros: the first block's LayerNorm divides a constant token by sqrt(eps),
+    # which scales the CLS gradient by ~1/sqrt(eps) = 1000 and lets it alone set
+    # the global gradient norm (and so the clipping of every other parameter).
+    # LayerNorm scales its input's gradient by 1/std, so the CLS gradient shrinks
+    # as its init grows; width**-0.5 as in CLIP (the demo model at init: CLS share
+    # of the global gradient norm 0.62 at std 0.02, 0.16 at 0.1).
+    cls = self.param("cls", nn.initializers.normal(self.width ** -0.5), (1, 1, self.width),
+                     jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (batch, 1, self.width)),
                          tokens + pos_embedding.astype(dtype)], axis=1)   # [B, N+1, width]
     x = Encoder(self.depth, self.num_heads, self.mlp_dim, dtype, self.attention_impl,
@@ -327,15 +334,25 @@ class MuJo(nn.Module):
     return embeddings
 
   def logit_scale(self) -> jax.Array:
-    """min(exp(log_logit_scale), logit_scale_max); use via `apply(..., method=...)`."""
-    return logit_scale({"log_logit_scale": self.get_variable("params", "log_logit_scale")},
-                       self.config)
+    """exp(log_logit_scale); use via `apply(..., method=...)`."""
+    return logit_scale({"log_logit_scale": self.get_variable("params", "log_logit_scale")})
 
 
-def logit_scale(params, config: ml_collections.ConfigDict | None = None) -> jax.Array:
-  """The contrastive temperature's inverse, capped (no gradient beyond the cap)."""
-  cap = (config or default_model_config()).logit_scale_max
-  return jnp.minimum(jnp.exp(params["log_logit_scale"]), cap)
+def logit_scale(params) -> jax.Array:
+  """The contrastive temperature's inverse, exp(log_logit_scale).
+
+  Not capped here: a cap on the value (min) gives the parameter zero gradient
+  beyond it, so it could drift past the cap and stay there. The trainer clamps
+  the parameter itself after every update instead (`clamp_logit_scale`), as CLIP
+  does.
+  """
+  return jnp.exp(params["log_logit_scale"])
+
+
+def clamp_logit_scale(params, config: ml_collections.ConfigDict):
+  """params with log_logit_scale clipped to [0, log(logit_scale_max)] (scale in [1, max])."""
+  cap = math.log(config.logit_scale_max)
+  return dict(params, log_logit_scale=jnp.clip(params["log_logit_scale"], 0.0, cap))
 
 
 def param_count(params) -> int:

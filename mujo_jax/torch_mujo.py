@@ -16,6 +16,7 @@ embedding, bias-free head), so outputs match the JAX model.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import torch
@@ -126,7 +127,13 @@ class MuJoEncoders(nn.Module):
     self.load_state_dict(state)
 
   def logit_scale(self) -> torch.Tensor:
-    return torch.clamp(self.log_logit_scale.exp(), max=self.config["logit_scale_max"])
+    """exp(log_logit_scale), as the JAX model: training clamps the parameter instead."""
+    return self.log_logit_scale.exp()
+
+  @torch.no_grad()
+  def clamp_logit_scale_(self) -> None:
+    """Clips log_logit_scale to [0, log(logit_scale_max)] in place; call after each update."""
+    self.log_logit_scale.clamp_(0.0, math.log(self.config["logit_scale_max"]))
 
   def _tower(self, modality):
     if modality not in self.towers:

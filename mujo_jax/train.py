@@ -11,8 +11,11 @@ takes its own slice of the batch.
 
 The step is a pure function `(state, batch) -> (state, metrics)`, compiled ahead
 of time with explicit shardings and a donated state, once per distinct set of
-modality pairs (multitask strategies pick the pairs on the host, so a step only
-runs the towers its pairs need).
+modality pairs, all before the first step (multitask strategies pick the pairs
+on the host, so a step only runs the towers its pairs need; the other towers'
+parameters and optimizer moments stay exactly as they were). A step whose loss
+or gradients are not finite changes nothing and is counted in `skipped`; too
+many in a row stop the run, and a non-finite state is never saved.
 """
 
 from __future__ import annotations
@@ -177,6 +180,37 @@ def make_optimizer(config: ml_collections.ConfigDict):
   return tx, schedule
 
 
+def keep_towers(new, old, towers: Sequence[str]):
+  """`new` with the subtrees of `towers` taken from `old`, in every params-shaped dict.
+
+  new, old: two pytrees of one structure (e.g. TrainStates). A params-shaped dict
+  is one with a key per tower plus "log_logit_scale": the parameters themselves
+  and every per-parameter optimizer statistic (Adam's mu and nu), wherever it
+  sits in the optimizer state. Other leaves (step counts) come from `new`.
+  """
+  if not towers:
+    return new
+  is_params = lambda x: isinstance(x, dict) and "log_logit_scale" in x
+  def merge(n, o):
+    return {k: (o[k] if k in towers else v) for k, v in n.items()} if is_params(n) else n
+  return jax.tree.map(merge, new, old, is_leaf=is_params)
+
+
+def applied_updates(opt_state) -> jax.Array:
+  """How many updates the optimizer has applied: its learning-rate schedule's position.
+
+  Behind the train step when steps were skipped (non-finite), which leave the
+  optimizer state as it was.
+  """
+  counts = [s.count for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+            if isinstance(s, optax.ScaleByScheduleState)]
+  if len(counts) != 1:
+    raise ValueError(f"expected one learning-rate schedule in the optimizer state, "
+                     f"found {len(counts)}")
+  return counts[0]
+
+
 def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a training batch (for init and for benchmarks)."""
   m = config.model
@@ -213,6 +247,7 @@ class Trainer:
     abstract = jax.eval_shape(self._init, jax.random.key(0))
     self.state_sharding = shardings_from_rules(abstract, config.param_sharding_rules, self.mesh)
     self._steps = {}
+    self._nonfinite_check = None
 
   def _init(self, rng) -> TrainState:
     batch = jax.tree.map(jnp.asarray, dummy_batch(self.config, 2))
@@ -232,7 +267,8 @@ class Trainer:
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
             for k, v in dummy_batch(self.config, batch_size).items()}
 
-  def _train_step(self, state: TrainState, batch, *, pairs):
+  def loss_and_grads(self, params, batch, *, pairs):
+    """((loss, (per-pair losses, logit scale)), grads) of one batch for static `pairs`."""
     needed = tuple(m for m in self.modalities if any(m in p for p in pairs))
 
     def loss_fn(params):
@@ -242,20 +278,45 @@ class Trainer:
       # rematerialization"), which costs more memory than the parameters.
       params = jax.lax.with_sharding_constraint(params, NamedSharding(self.mesh, P()))
       embeddings = self.model.apply({"params": params}, batch, modalities=needed)
-      scale = model_lib.logit_scale(params, self.model_config)
+      scale = model_lib.logit_scale(params)
       masks = {m: batch["modality_mask"][:, MODALITIES.index(m)] for m in needed}
       total, per_pair = contrastive.contrastive_loss(
           embeddings, masks, pairs, scale, self.mesh, data_axis=self.data_axes,
           chunk_size=self.config.loss.get("chunk_size", 0))
       return total, (per_pair, scale)
 
-    (loss, (per_pair, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  def _train_step(self, state: TrainState, batch, *, pairs):
+    needed = tuple(m for m in self.modalities if any(m in p for p in pairs))
+    (loss, (per_pair, scale)), grads = self.loss_and_grads(state.params, batch, pairs=pairs)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "logit_scale": scale, "grad_norm": optax.global_norm(grads),
-               "learning_rate": self.schedule(state.step)}
+    params = model_lib.clamp_logit_scale(params, self.model_config)
+    updated = state.replace(params=params, opt_state=opt_state)
+    # Towers outside this step's pairs took no part: keep their parameters and
+    # their Adam moments exactly (no momentum step, no weight decay), as PyTorch's
+    # optimizers skip parameters without a gradient. `pairs` is static, so this
+    # is a compile-time choice. Adam's step count (and the schedule's) is shared
+    # by all parameters and does advance: a tower that sat steps out gets the
+    # bias correction of the global count (~1 after a few hundred steps anyway).
+    updated = keep_towers(updated, state, tuple(m for m in self.modalities if m not in needed))
+    # A non-finite loss or gradient (global_norm is NaN/inf if any leaf is)
+    # changes nothing: params and opt_state stay, so the schedule (counted in
+    # opt_state) does not advance either. state.step does advance: it counts
+    # the batches taken, which the data iterator and the checkpoint step follow.
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    clip = self.config.optim.grad_clip_norm
+    metrics = {"loss": loss, "logit_scale": scale, "grad_norm": grad_norm,
+               "clip_factor": jnp.minimum(1.0, clip / grad_norm),
+               "grad_norm/logit_scale": jnp.abs(grads["log_logit_scale"]),
+               "learning_rate": self.schedule(applied_updates(state.opt_state)),
+               "skipped": 1.0 - finite.astype(jnp.float32)}
+    metrics.update({f"grad_norm/{m}": optax.global_norm(grads[m]) for m in needed})
     metrics.update({f"loss/{k}": v for k, v in per_pair.items()})
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return updated.replace(step=state.step + 1), metrics
 
   def compiled_step(self, pairs: tuple[tuple[str, str], ...], batch_size: int | None = None):
     """The AOT-compiled step for one pair set (cached)."""
@@ -268,6 +329,27 @@ class Trainer:
       self._steps[key] = jitted.lower(self.abstract_state(),
                                       self.abstract_batch(batch_size)).compile()
     return self._steps[key]
+
+  def compiled_nonfinite_check(self):
+    """The AOT-compiled state -> {path: any NaN/inf} over params and opt_state (cached)."""
+    if self._nonfinite_check is None:
+      def nonfinite(state):
+        leaves = jax.tree_util.tree_leaves_with_path({"params": state.params,
+                                                      "opt_state": state.opt_state})
+        return {path_str(p): ~jnp.all(jnp.isfinite(x)) for p, x in leaves
+                if jnp.issubdtype(x.dtype, jnp.inexact)}
+      self._nonfinite_check = jax.jit(nonfinite, in_shardings=(self.state_sharding,)).lower(
+          self.abstract_state()).compile()
+    return self._nonfinite_check
+
+  def check_finite(self, state: TrainState, step: int) -> None:
+    """Raises FloatingPointError naming the leaves of `state` that hold NaN or inf."""
+    bad = [k for k, v in jax.device_get(self.compiled_nonfinite_check()(state)).items()
+           if v]
+    if bad:
+      raise FloatingPointError(
+          f"the train state of step {step} has non-finite values in {len(bad)} leaves "
+          f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); not saving it")
 
   @functools.cached_property
   def _embed(self):
@@ -366,56 +448,93 @@ class Trainer:
       params = sum(x.size for x in jax.tree.leaves(state.params))
       logging.info("model: %.2fM parameters, compute dtype %s, mesh %s",
                    params / 1e6, self.model_config.dtype, dict(self.mesh.shape))
-    # Compile before the clock starts: compile errors and memory show up first.
-    self.compiled_step(contrastive.pairs_for_step(c.loss.strategy, self.modalities, step, c.seed))
+    # Compile every step this strategy can take, and the check run before saves,
+    # before the clock starts: compile errors and memory show up first, and no
+    # compilation stalls the loop later (random_pair may draw a pair set late).
+    for pairs in contrastive.step_pair_sets(c.loss.strategy, self.modalities):
+      self.compiled_step(pairs)
+    self.compiled_nonfinite_check()
+    max_skipped = int(c.optim.max_consecutive_nonfinite)
     timer = _Throughput(c.batch_size)
     pending = []
+    consecutive_skipped = 0
     profiler = _StepProfiler(self.profile_steps, self.workdir)
 
     def save(step, force=False):
+      self.check_finite(state, step)
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)),
           force=force)
 
-    while step < c.total_steps:
-      pairs = contrastive.pairs_for_step(c.loss.strategy, self.modalities, step, c.seed)
-      step_fn = self.compiled_step(pairs)
-      batch = next(train_iter)
-      profiler.before_step(step)
-      state, metrics = step_fn(state, batch)
-      profiler.after_step(step, state)
-      step += 1
-      pending.append(metrics)
-      if step % c.log_every == 0 or step == c.total_steps:
-        rows = jax.device_get(pending)
-        pending = []
-        summary = {k: float(np.mean([r[k] for r in rows if k in r]))
-                   for k in set().union(*rows)}
-        summary["examples_per_s"] = timer.rate(step)
-        writer.write(step, summary)
-        logging.info("step %d/%d  loss %.4f  %.0f examples/s  ETA %s", step, c.total_steps,
-                     summary["loss"], summary["examples_per_s"],
-                     _eta(c.total_steps - step, summary["examples_per_s"] / c.batch_size))
-      if c.eval_every and (step % c.eval_every == 0 or step == c.total_steps):
-        val = self.evaluate(state)
-        writer.write(step, val)
-        logging.info("step %d validation: %s", step, "  ".join(
-            f"{k.removeprefix('val/')} {v:.3f}" for k, v in sorted(val.items())
-            if k.startswith(("val/r1/", "val/r1_caption/")) and "_to_" not in k))
-        timer.reset(step)
-      stop = preempted.reached(step) or step == stop_at_step
-      if stop or step % c.checkpoint_every == 0 or step == c.total_steps:
-        save(step, force=stop)
-      if stop:
-        logging.warning("stopped early at step %d (checkpoint saved)", step)
-        break
-    profiler.stop(state)
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    if hasattr(train_iter, "close"):
-      train_iter.close()
+    try:
+      while step < c.total_steps:
+        pairs = contrastive.pairs_for_step(c.loss.strategy, self.modalities, step, c.seed)
+        step_fn = self.compiled_step(pairs)
+        batch = next(train_iter)
+        profiler.before_step(step)
+        state, metrics = step_fn(state, batch)
+        profiler.after_step(step, state)
+        step += 1
+        pending.append(metrics)
+        if step % c.log_every == 0 or step == c.total_steps:
+          rows = jax.device_get(pending)
+          pending = []
+          summary = summarize_steps(rows)
+          summary["examples_per_s"] = timer.rate(step)
+          writer.write(step, summary)
+          logging.info("step %d/%d  loss %.4f  %.0f examples/s  ETA %s", step, c.total_steps,
+                       summary["loss"], summary["examples_per_s"],
+                       _eta(c.total_steps - step, summary["examples_per_s"] / c.batch_size))
+          # Checked here, not every step (that would wait for each step): a skipped
+          # step changes neither parameters nor optimizer state, so running on a
+          # few more before noticing costs time only.
+          for row in rows:
+            consecutive_skipped = consecutive_skipped + 1 if row["skipped"] else 0
+          if summary["skipped"]:
+            logging.warning("step %d: %d of the last %d steps skipped (non-finite loss or "
+                            "gradients)", step, summary["skipped"], len(rows))
+          if consecutive_skipped >= max_skipped:
+            raise FloatingPointError(
+                f"the last {consecutive_skipped} steps ({step - consecutive_skipped + 1}.."
+                f"{step}) had a non-finite loss or gradients and were skipped "
+                f"(config.optim.max_consecutive_nonfinite={max_skipped}); the parameters "
+                f"are those after step {step - consecutive_skipped}. Check those batches' "
+                f"input data, or lower the learning rate")
+        if c.eval_every and (step % c.eval_every == 0 or step == c.total_steps):
+          val = self.evaluate(state)
+          writer.write(step, val)
+          logging.info("step %d validation: %s", step, "  ".join(
+              f"{k.removeprefix('val/')} {v:.3f}" for k, v in sorted(val.items())
+              if k.startswith(("val/r1/", "val/r1_caption/")) and "_to_" not in k))
+          timer.reset(step)
+        stop = preempted.reached(step) or step == stop_at_step
+        if stop or step % c.checkpoint_every == 0 or step == c.total_steps:
+          save(step, force=stop)
+        if stop:
+          logging.warning("stopped early at step %d (checkpoint saved)", step)
+          break
+      profiler.stop(state)
+    finally:
+      manager.wait_until_finished()
+      manager.close()
+      writer.close()
+      if hasattr(train_iter, "close"):
+        train_iter.close()
     return state
+
+
+def summarize_steps(rows: Sequence[dict]) -> dict[str, float]:
+  """One logged row from the metrics of several steps.
+
+  "skipped" is the number of skipped (non-finite) steps; every other metric is
+  the mean over the steps that applied their update (over all steps when none
+  did), and over only the steps that have it (grad_norm/<tower> of active towers).
+  """
+  applied = [r for r in rows if not r["skipped"]] or rows
+  summary = {k: float(np.mean([r[k] for r in applied if k in r]))
+             for k in set().union(*applied) if k != "skipped"}
+  summary["skipped"] = int(sum(r["skipped"] for r in rows))
+  return summary
 
 
 def remote_read_options(config) -> dict[str, int]:

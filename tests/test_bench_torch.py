@@ -76,10 +76,12 @@ def test_pytorch_step_matches_the_jax_step_loss_gradients_and_updates():
         # Its gradient is 0 in exact arithmetic (a softmax ignores a per-row shift), so
         # Adam turns each framework's rounding noise into a step of its own.
         continue
-      # Adam moves each weight by ~lr * g / (|g| + 1e-8), 1e-2 here (a wrong sign: 2e-2);
-      # only where |g| ~ 1e-8 do float32 rounding differences show, below 1% of lr.
-      np.testing.assert_allclose(torch_params[name], value, rtol=0, atol=1e-4,
-                                 err_msg=f"step {step} {name}")
+      # Adam moves each weight by ~lr * g / (|g| + 1e-8), 1e-2 here (a wrong sign: 2e-2).
+      # Only where the clipped |g| is ~1e-8 do float32 rounding differences show; such
+      # weights are rare (seen: 1 of 800, 1.3e-4 off), so a few may exceed 1e-4.
+      diff = np.abs(torch_params[name] - value)
+      assert diff.max() < 0.25 * config.optim.learning_rate, (step, name, diff.max())
+      assert np.sum(diff > 1e-4) <= max(1, diff.size // 1000), (step, name, np.sum(diff > 1e-4))
   moved = max(np.abs(jax_params[k] - before[k]).max() for k in before)
   assert moved > 1e-2          # both trained; a no-op step on either side would fail above
   # Decoupled weight decay only where train.make_optimizer applies it.

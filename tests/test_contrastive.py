@@ -332,6 +332,19 @@ def test_random_pair_is_deterministic_varied_and_uniform():
   assert all(400 < c < 600 for c in counts.values()), counts  # 500 expected, sd ~20
 
 
+@pytest.mark.parametrize("strategy", contrastive.STRATEGIES)
+def test_step_pair_sets_cover_every_step_of_a_strategy(strategy):
+  """The trainer compiles exactly these up front: every step's pairs must be among them."""
+  for modalities in (MODALITIES, ("imu", "pose", "text")):
+    sets = contrastive.step_pair_sets(strategy, modalities)
+    assert len(set(sets)) == len(sets)
+    drawn = {contrastive.pairs_for_step(strategy, modalities, s, seed) for s in range(200)
+             for seed in (0, 3)}
+    assert drawn == set(sets), (strategy, modalities)
+  with pytest.raises(ValueError, match="two modalities"):
+    contrastive.step_pair_sets(strategy, ("imu",))
+
+
 def test_strategy_errors():
   with pytest.raises(ValueError, match="all_pairs.*random_pair.*round_robin.*imu_anchored"):
     contrastive.pairs_for_step("every_other", MODALITIES, 0)

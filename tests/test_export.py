@@ -64,7 +64,7 @@ def test_pytorch_embeddings_match_jax(pretrained, tmp_path):
     diff = np.abs(got[modality].numpy() - np.asarray(want[modality])).max()
     print(f"parity {modality}: max abs diff {diff:.2e}")
     assert diff <= 1e-4, (modality, diff)
-  scale = float(model_lib.logit_scale(params, config.model))
+  scale = float(model_lib.logit_scale(params))
   assert float(torch_model.logit_scale().detach()) == pytest.approx(scale, rel=1e-6)
 
 
@@ -80,6 +80,12 @@ def test_exported_names_and_shapes(pretrained):
       export.export_config(config, 3, "w"))))
   assert set(torch_model.state_dict()) == set(state)
   assert export.EXPORT_FORMAT == torch_mujo.EXPORT_FORMAT
+  # Training in PyTorch clamps the parameter as the JAX step does: scale in [1, cap].
+  for log_scale, want in ((np.log(500.0), 100.0), (-2.0, 1.0), (np.log(30.0), 30.0)):
+    with torch.no_grad():
+      torch_model.log_logit_scale.fill_(float(log_scale))
+    torch_model.clamp_logit_scale_()
+    assert float(torch_model.logit_scale().detach()) == pytest.approx(want, rel=1e-5)
 
 
 def test_incompatible_checkpoint_and_files_fail_clearly(pretrained, tmp_path):

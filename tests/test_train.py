@@ -1,5 +1,6 @@
 """The training loop: smoke run of the main job, exact resumption, strategies, sharding."""
 
+import functools
 import json
 import os
 import signal
@@ -9,9 +10,11 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import pretrain
+from mujo_jax import contrastive
 from mujo_jax import metric_writer
 from mujo_jax import train
 
@@ -83,27 +86,189 @@ def test_round_robin_runs_one_pair_per_step(demo_dir, tmp_path):
   assert len(trainer._steps) == 6  # one compiled step per pair
 
 
-def test_sharded_step_matches_a_single_device_step(demo_dir, tmp_path):
-  """The same step on an 8-device mesh and on 1 device gives the same update."""
+class _RecordingTrainer(train.Trainer):
+  """Records each step's pairs and the parameters around it (host copies), can poison
+  chosen steps' batches with NaN, and counts XLA compilations once a step has run."""
+
+  def __init__(self, *args, nan_steps=(), **kwargs):
+    super().__init__(*args, **kwargs)
+    self.nan_steps, self.calls, self.steps = set(nan_steps), 0, []
+    self.compiles = []            # (program name, whether a step had run)
+
+  def count_compile(self, event, duration, **kwargs):
+    del duration
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.compiles.append((kwargs.get("fun_name"), self.calls > 0))
+
+  def compiled_step(self, pairs, batch_size=None):
+    step_fn = super().compiled_step(pairs, batch_size)
+
+    def run(state, batch):
+      if not self.calls:
+        self.compiled_pair_sets = {key[0] for key in self._steps}
+      if self.calls in self.nan_steps:
+        batch = dict(batch, imu=batch["imu"] * np.float16(np.nan))
+      self.calls += 1
+      before = jax.device_get(state.params)
+      state, metrics = step_fn(state, batch)
+      self.steps.append((pairs, before, jax.device_get(state.params)))
+      return state, metrics
+    return run
+
+
+@pytest.mark.slow  # compiles three steps (~25 s on 2 cores)
+def test_random_pair_trains_one_pair_a_step_leaves_the_others_and_compiles_up_front(
+    demo_dir, tmp_path):
+  config = tiny_config(demo_dir, total_steps=6, log_every=1, checkpoint_every=6)
+  config.model.modalities = ("imu", "pose", "text")   # three pair sets: three compilations
+  config.loss.strategy = "random_pair"
+  config.optim.warmup_steps = 0
+  trainer = _RecordingTrainer(config, str(tmp_path))
+  jax.monitoring.register_event_duration_secs_listener(trainer.count_compile)
+  try:
+    trainer.train()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(trainer.count_compile)
+  modalities = trainer.modalities
+  want = [contrastive.pairs_for_step("random_pair", modalities, s, config.seed) for s in range(6)]
+  assert len(set(want)) > 1
+  # Every pair set was compiled before the first step, and nothing after it but the
+  # slicing programs with which Orbax copies replicated arrays to the host when saving.
+  assert trainer.compiled_pair_sets == set(contrastive.step_pair_sets("random_pair", modalities))
+  assert [n for n, after in trainer.compiles if not after].count("jit(_train_step)") == 3
+  assert not [n for n, after in trainer.compiles if after and n != "jit(slice)"]
+  rows = metric_writer.read_metrics(str(tmp_path))
+  assert [sorted(k for k in r if k.startswith("loss/")) for r in rows] == [
+      [f"loss/{a}_{b}"] for (a, b), in want]
+  assert all(r["skipped"] == 0 and 0 < r["clip_factor"] <= 1 for r in rows)
+  for step, (pairs, before, after) in enumerate(trainer.steps):
+    assert pairs == want[step]
+    active = set(pairs[0])
+    assert {k for k in rows[step] if k.startswith("grad_norm/")} == {
+        f"grad_norm/{m}" for m in active} | {"grad_norm/logit_scale"}
+    for tower in modalities:
+      same = [np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before[tower]),
+                                                   jax.tree.leaves(after[tower]))]
+      if tower in active:
+        assert not all(same), (step, tower)
+      else:
+        assert all(same), (step, tower)
+
+
+@pytest.mark.slow  # two short runs of one compiled step (~20 s on 2 cores)
+def test_nonfinite_steps_are_skipped_and_stop_the_run_and_a_nonfinite_state_is_not_saved(
+    demo_dir, tmp_path):
+  config = tiny_config(demo_dir, total_steps=12, log_every=1, checkpoint_every=2)
+  config.model.modalities = ("imu", "text")
+  config.optim.max_consecutive_nonfinite = 3
+  # Steps 3, 4, 5 (0-based) get NaN batches: skipped; the third in a row stops the run.
+  trainer = _RecordingTrainer(config, str(tmp_path / "nan_batches"), nan_steps=(3, 4, 5))
+  with pytest.raises(FloatingPointError, match=r"the last 3 steps \(4..6\) had a non-finite "
+                                               r"loss.*max_consecutive_nonfinite=3"):
+    trainer.train()
+  rows = metric_writer.read_metrics(str(tmp_path / "nan_batches"))
+  assert [r["skipped"] for r in rows] == [0, 0, 0, 1, 1, 1]
+  for _, before, after in trainer.steps[3:]:
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+      np.testing.assert_array_equal(x, y)
+  checkpoints = tmp_path / "nan_batches" / "checkpoints"
+  assert sorted(os.listdir(checkpoints)) == ["2", "4"]
+  manager = ocp.CheckpointManager(str(checkpoints),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
+  saved = manager.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state[
+      "params"]
+  manager.close()
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
+  for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(trainer.steps[2][2])):
+    np.testing.assert_array_equal(x, y)      # step 4 holds the parameters after step 3
+
+  # A state that is not finite (here from the start) is never written.
+  host = jax.tree.map(np.array, jax.device_get(train.Trainer.init_state(trainer)))
+  host.params["text"]["head"]["kernel"][0, 0] = np.nan
+  trainer.init_state = lambda: jax.device_put(host, trainer.state_sharding)
+  trainer.workdir = str(tmp_path / "nan_state")
+  trainer.nan_steps, trainer.calls = set(), 0
+  config.optim.max_consecutive_nonfinite = 100
+  with pytest.raises(FloatingPointError, match=r"step 2 has non-finite values in 1 leaves "
+                                               r"\(params/text/head/kernel\); not saving it"):
+    trainer.train()
+  assert not os.listdir(tmp_path / "nan_state" / "checkpoints")
+
+
+@pytest.mark.slow  # three short runs, each starting a worker process (~25 s on 2 cores)
+def test_resume_with_a_worker_process_gives_the_same_parameters(demo_dir, tmp_path):
+  """A Grain worker process holds read-ahead batches: the saved iterator state must
+  still resume at the first batch the steps did not use."""
+  config = tiny_config(demo_dir, total_steps=8, checkpoint_every=4, log_every=4)
+  config.model.modalities = ("imu", "text")
+  config.data.num_workers = 1
+  trainer = train.Trainer(config, str(tmp_path / "a"))
+  straight = jax.device_get(trainer.train().params)
+  # The same compiled steps; each train() call builds its pipeline and reads the workdir.
+  trainer.workdir = str(tmp_path / "b")
+  trainer.train(stop_at_step=4)
+  resumed = trainer.train()
+  assert int(resumed.step) == 8
+  _params_close(straight, resumed.params)
+
+
+@pytest.mark.slow  # compiles a step and its gradients on two meshes (~40 s on 2 cores)
+def test_sharded_steps_match_single_device_steps(demo_dir, tmp_path):
+  """Three steps at a non-zero learning rate on an 8-device mesh and on 1 device: the
+  same gradients, losses and parameters (the sharded loss and its transpose are exact)."""
   config = tiny_config(demo_dir)
-  batch = {k: v for k, v in train.dummy_batch(config, 16).items()}
+  config.optim.warmup_steps = 0    # step 0 already at the peak learning rate (1e-3)
+  pairs = (("imu", "text"), ("imu", "video"), ("pose", "video"))
   rng = np.random.default_rng(0)
-  for key in ("imu", "pose", "video"):
-    batch[key] = rng.normal(size=batch[key].shape).astype(np.float16)
-  batch["text_ids"] = rng.integers(1, 1000, batch["text_ids"].shape).astype(np.int32)
-  batch["text_len"] = rng.integers(3, 64, 16).astype(np.int32)
-  batch["modality_mask"][3:6, 2] = 0
+  batches = []
+  for _ in range(3):
+    batch = train.dummy_batch(config, 16)
+    for key in ("imu", "pose", "video"):
+      batch[key] = rng.normal(size=batch[key].shape).astype(np.float16)
+    batch["text_ids"] = rng.integers(1, 1000, batch["text_ids"].shape).astype(np.int32)
+    batch["text_len"] = rng.integers(3, 64, 16).astype(np.int32)
+    batch["modality_mask"][3:6, 2] = 0
+    batches.append(batch)
   results = []
   for devices in (jax.devices(), jax.devices()[:1]):
     trainer = train.Trainer(config, str(tmp_path), devices=devices)
     state = trainer.init_state()
-    step = trainer.compiled_step((("imu", "text"), ("imu", "video"), ("pose", "video")))
-    placed = {k: jax.device_put(v, trainer.batch_sharding) for k, v in batch.items()}
-    state, metrics = step(state, placed)
-    results.append((jax.device_get(state.params), float(metrics["loss"])))
-  assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
-  for x, y in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
-    np.testing.assert_allclose(x, y, atol=2e-6)
+    start = jax.device_get(state.params)
+    step = trainer.compiled_step(pairs)
+    grads_fn = jax.jit(functools.partial(trainer.loss_and_grads, pairs=pairs),
+                       in_shardings=(trainer.state_sharding.params, trainer.batch_sharding))
+    losses, grads = [], []
+    for batch in batches:
+      placed = {k: jax.device_put(v, trainer.batch_sharding) for k, v in batch.items()}
+      grads.append(jax.device_get(grads_fn(state.params, placed)[1]))
+      state, metrics = step(state, placed)
+      losses.append(float(metrics["loss"]))
+    results.append((losses, grads, jax.device_get(state.params)))
+  (losses_8, grads_8, params_8), (losses_1, grads_1, params_1) = results
+  np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
+  assert len(set(losses_1)) == 3                          # the model changed between steps
+  for i, (g8, g1) in enumerate(zip(grads_8, grads_1)):
+    # Float32 rounding, relative to the largest gradient: leaves whose exact gradient
+    # is 0 (attention key biases) hold only rounding noise, and from step 1 on the
+    # parameters differ by rounding too (seen: 1.5e-5 of the largest gradient).
+    atol = 1e-4 * max(float(np.abs(x).max()) for x in jax.tree.leaves(g1))
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(g1)[0], jax.tree.leaves(g8)):
+      np.testing.assert_allclose(y, x, rtol=1e-3, atol=atol,
+                                 err_msg=f"step {i} grad {train.path_str(path)}")
+  # Adam moves each weight by ~1e-3 a step (a wrong update: by ~1e-3 more or less); only
+  # where a gradient is ~1e-8 does float32 rounding show, as ~5% of a step (seen: 5e-5).
+  moved = max(float(np.abs(a - b).max()) for a, b in
+              zip(jax.tree.leaves(params_1), jax.tree.leaves(start)))
+  assert moved > 2e-3
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(params_1)[0],
+                          jax.tree.leaves(params_8)):
+    name = train.path_str(path)
+    if name.endswith("attention/key/bias"):
+      # Its gradient is 0 in exact arithmetic (a softmax ignores a per-row shift), so
+      # Adam turns each mesh's rounding noise into a step of its own.
+      continue
+    np.testing.assert_allclose(y, x, atol=2e-4, err_msg=name)
+    assert float(np.abs(np.asarray(y) - x).mean()) < 1e-6, name   # seen: <= 2e-8
 
 
 def test_main_job_smoke_run_writes_metrics_checkpoints_and_events(demo_dir, tmp_path):
