@@ -427,11 +427,15 @@ class Trainer:
     # wrapper's state is the host pipeline's as of the batch last handed out.
     train_iter = input_pipeline.prefetch_to_device(
         input_pipeline.make_iterator(train_ds, num_workers=c.data.num_workers), self.mesh,
-        c.data.device_prefetch, self.data_axes, keys=MODEL_INPUTS)
+        c.data.device_prefetch, self.data_axes,
+        keys=MODEL_INPUTS + (input_pipeline.SKIPPED_CORRUPT,))
+    # cleanup_tmp_directories: a save cut short by a kill leaves a temporary folder
+    # (never restored); remove it at start-up rather than when its step is saved again.
     manager = ocp.CheckpointManager(
         storage.absolute(storage.join(self.workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=c.keep_checkpoints,
-                                             enable_async_checkpointing=True))
+                                             enable_async_checkpointing=True,
+                                             cleanup_tmp_directories=True))
     latest = manager.latest_step()
     if latest is not None:
       logging.info("resuming from the checkpoint of step %d", latest)
@@ -455,6 +459,8 @@ class Trainer:
       self.compiled_step(pairs)
     self.compiled_nonfinite_check()
     max_skipped = int(c.optim.max_consecutive_nonfinite)
+    first_step = step
+    skipped_corrupt = jnp.zeros((), jnp.int32)   # corrupt records this run skipped (skip_corrupt)
     timer = _Throughput(c.batch_size)
     pending = []
     consecutive_skipped = 0
@@ -471,6 +477,7 @@ class Trainer:
         pairs = contrastive.pairs_for_step(c.loss.strategy, self.modalities, step, c.seed)
         step_fn = self.compiled_step(pairs)
         batch = next(train_iter)
+        skipped_corrupt = skipped_corrupt + batch.pop(input_pipeline.SKIPPED_CORRUPT).sum()
         profiler.before_step(step)
         state, metrics = step_fn(state, batch)
         profiler.after_step(step, state)
@@ -481,7 +488,12 @@ class Trainer:
           pending = []
           summary = summarize_steps(rows)
           summary["examples_per_s"] = timer.rate(step)
+          num_corrupt = int(skipped_corrupt)
+          summary["data/skipped_corrupt"] = num_corrupt
           writer.write(step, summary)
+          input_pipeline.check_corrupt_fraction(
+              num_corrupt, (step - first_step) * c.batch_size + num_corrupt,
+              c.data.max_corrupt_fraction)
           logging.info("step %d/%d  loss %.4f  %.0f examples/s  ETA %s", step, c.total_steps,
                        summary["loss"], summary["examples_per_s"],
                        _eta(c.total_steps - step, summary["examples_per_s"] / c.batch_size))

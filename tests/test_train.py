@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,10 @@ import pytest
 
 from configs import pretrain
 from mujo_jax import contrastive
+from mujo_jax import input_pipeline
 from mujo_jax import metric_writer
+from mujo_jax import records
+from mujo_jax import tfrecord
 from mujo_jax import train
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -399,3 +403,28 @@ def test_step_options_can_be_set_on_the_command_line():
   assert json.loads(out.stdout.splitlines()[-1]) == [
       [1, 2], "/tmp/xla", 64, "full", True, "first_pass", True, 3, 2]
   assert train.profile_range(pretrain.get_config("demo")) is None
+
+
+def test_skip_corrupt_counts_skipped_records_and_stops_past_the_limit(demo_dir, tmp_path):
+  """One damaged record per train shard (~6% of them): with skip_corrupt the run
+  counts them in metrics.jsonl; past max_corrupt_fraction it stops with the counts."""
+  data = str(tmp_path / "data")
+  shutil.copytree(demo_dir, data)
+  for path in records.DatasetInfo.load(data).shard_paths(data, "train"):
+    offset, length = tfrecord.load_index(path)[3]
+    with open(path, "r+b") as f:       # one payload byte of record 3
+      f.seek(int(offset) + int(length) // 2)
+      byte = f.read(1)[0]
+      f.seek(int(offset) + int(length) // 2)
+      f.write(bytes([byte ^ 0x5A]))
+  config = tiny_config(data, total_steps=10)
+  config.data.skip_corrupt = True
+  config.data.max_corrupt_fraction = 0.5
+  trainer = train.Trainer(config, str(tmp_path / "tolerant"))
+  trainer.train()
+  counts = [r["data/skipped_corrupt"] for r in metric_writer.read_metrics(str(tmp_path / "tolerant"))]
+  assert counts[-1] >= 1 and counts == sorted(counts), counts
+  config.data.max_corrupt_fraction = 0.01   # the same trainer: its steps are compiled
+  trainer.workdir = str(tmp_path / "strict")
+  with pytest.raises(input_pipeline.TooManyCorruptRecordsError, match="records read were corrupt"):
+    trainer.train()
