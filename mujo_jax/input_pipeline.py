@@ -727,8 +727,16 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
   parse = lambda where_fn: (lambda elements, rng: parse_and_augment(
       elements, rng, info, augment_config, where_fn, seed))
   unindexed = [p for p in paths if os.path.basename(tfrecord.index_path(p)) not in listing]
+  digests = [shard.index_sha256 for shard in info.splits[split].shards]
+  # An index written with the dataset and gone since is a damaged copy, not a
+  # shard from elsewhere: reading on sequentially would silently change the order.
+  lost = [p for p, digest in zip(paths, digests) if digest and p in unindexed]
+  if lost:
+    raise FileNotFoundError(
+        f"{tfrecord.index_path(lost[0])} is missing ({len(lost)} index file(s) of split "
+        f"{split!r}), though {records.INFO_FILENAME} records its sha256: copy the .index.npy "
+        f"files with the shards, or rebuild them with `python -m mujo_jax.tfrecord SHARD...`")
   if not unindexed:
-    digests = [shard.index_sha256 for shard in info.splits[split].shards]
     source = IndexedShardSource(paths, skip_corrupt=skip_corrupt, sizes=sizes,
                                 index_sha256=digests,
                                 crc_check=crc_check, cache_in_memory=cache_in_memory,

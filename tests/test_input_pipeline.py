@@ -185,9 +185,20 @@ def test_skip_corrupt_keeps_batches_full(tiny_dataset):
 
 
 def test_unindexed_shards_read_sequentially(tiny_dataset):
+  """Shards listed without an index digest (written elsewhere) are read in order; an
+  index that was written with the dataset and is gone is an error naming it."""
   info = records.DatasetInfo.load(tiny_dataset)
-  for shard in info.shard_paths(tiny_dataset, "train"):
-    os.remove(tfrecord.index_path(shard))
+  shards = info.shard_paths(tiny_dataset, "train")
+  os.remove(tfrecord.index_path(shards[1]))
+  with pytest.raises(FileNotFoundError, match=r"train-00001\.tfrecord\.index\.npy is missing"):
+    ip.make_dataset(tiny_dataset, "train", batch_size=7, process_index=0, process_count=1)
+  for shard in shards:
+    if os.path.exists(tfrecord.index_path(shard)):
+      os.remove(tfrecord.index_path(shard))
+  split = info.splits["train"]
+  dataclasses.replace(info, splits={**info.splits, "train": dataclasses.replace(
+      split, shards=tuple(dataclasses.replace(s, index_sha256=None) for s in split.shards))}
+                      ).save(tiny_dataset)
   ds = ip.make_dataset(tiny_dataset, "train", batch_size=7, seed=0, num_epochs=1,
                        drop_remainder=False, augment_config=ALL, shuffle_window=16,
                        process_index=0, process_count=1)
