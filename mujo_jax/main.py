@@ -41,6 +41,12 @@ flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _build_demo(data_dir: str) -> None:
+  """The embedded demo dataset, written into data_dir (config.data.build_demo_if_missing)."""
+  from data_prep import make_demo  # pylint: disable=import-outside-toplevel
+  make_demo.build(data_dir, log=logging.info)
+
+
 class _QuietLibraries(std_logging.Filter):
   """Keeps our INFO lines; libraries (Orbax logs every save step) only from WARNING."""
 
@@ -67,7 +73,7 @@ def main(argv):
                jax.process_count(), jax.default_backend(), jax.device_count(),
                jax.local_device_count(), jax.devices()[0].device_kind)
   try:
-    preflight.prepare_workdir(config, workdir)
+    preflight.prepare_workdir(config, workdir, build_demo=_build_demo)
   except preflight.SetupError as e:
     sys.exit(f"FATAL: {e}")  # a setup mistake, not a bug: the message, no traceback
   if config.mode == "pretrain":

@@ -22,7 +22,7 @@ import difflib
 import importlib.util
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -218,17 +218,19 @@ def _flag(field: str, value) -> str:
 # Data.
 
 
-def ensure_data(config: ml_collections.ConfigDict) -> None:
-  """Builds the embedded demo dataset on first use when the config asks for it, then
-  reads its dataset_info.json: a missing or foreign dataset stops the job here."""
+def ensure_data(config: ml_collections.ConfigDict,
+                build_demo: Callable[[str], None] | None = None) -> None:
+  """Builds the demo dataset on first use when the config asks for it and the
+  caller gave a builder (the application's; this library does not import
+  data_prep), then reads its dataset_info.json: a missing or foreign dataset
+  stops the job here."""
   from mujo_jax import records  # pylint: disable=import-outside-toplevel
-  if (not storage.exists(storage.join(config.data.dir, records.INFO_FILENAME))
-      and config.data.get("build_demo_if_missing", False)):
+  if (build_demo is not None and config.data.get("build_demo_if_missing", False)
+      and not storage.exists(storage.join(config.data.dir, records.INFO_FILENAME))):
     logging.info("no dataset at %s yet: building the demo dataset there first (about a minute)",
                  config.data.dir)
-    from data_prep import make_demo  # pylint: disable=import-outside-toplevel
     if jax.process_index() == 0:
-      make_demo.build(config.data.dir, log=logging.info)
+      build_demo(config.data.dir)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices("demo data built")
@@ -241,10 +243,12 @@ def ensure_data(config: ml_collections.ConfigDict) -> None:
 # All of it.
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str,
+                    build_demo: Callable[[str], None] | None = None) -> None:
   """Checks the job, the workdir and the data; only then writes WORKDIR/config.json.
 
-  Every process checks (so all stop together); process 0 writes.
+  Every process checks (so all stop together); process 0 writes. build_demo:
+  see ensure_data.
   """
   if config.get("mode") not in JOB_MODES:
     raise SetupError(f"unknown config.mode {config.get('mode')!r}; known: {JOB_MODES}")
@@ -253,7 +257,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     logging.info("resuming with settings changed since the last run: %s", "; ".join(
         f"{k} {there!r} -> {now!r}" for k, (there, now) in changed.items()))
   if config.mode == "pretrain":
-    ensure_data(config)
+    ensure_data(config, build_demo)
   if jax.process_index() == 0:
     storage.write_text(storage.join(workdir, CONFIG_FILENAME),
                        config.to_json_best_effort(indent=2))

@@ -267,9 +267,13 @@ class Trainer:
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
             for k, v in dummy_batch(self.config, batch_size).items()}
 
+  def towers_in(self, pairs) -> tuple[str, ...]:
+    """The enabled modalities that the modality pairs `pairs` use."""
+    return tuple(m for m in self.modalities if any(m in p for p in pairs))
+
   def loss_and_grads(self, params, batch, *, pairs):
     """((loss, (per-pair losses, logit scale)), grads) of one batch for static `pairs`."""
-    needed = tuple(m for m in self.modalities if any(m in p for p in pairs))
+    needed = self.towers_in(pairs)
 
     def loss_fn(params):
       # FSDP: gather the whole parameters once, up front (their gradients come back
@@ -288,7 +292,7 @@ class Trainer:
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   def _train_step(self, state: TrainState, batch, *, pairs):
-    needed = tuple(m for m in self.modalities if any(m in p for p in pairs))
+    needed = self.towers_in(pairs)
     (loss, (per_pair, scale)), grads = self.loss_and_grads(state.params, batch, pairs=pairs)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -4,7 +4,6 @@ non-finite guard, and the metrics it reports."""
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
