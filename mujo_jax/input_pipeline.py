@@ -49,6 +49,7 @@ import jax
 import numpy as np
 
 from mujo_jax import records
+from mujo_jax import shm_pool
 from mujo_jax import storage
 from mujo_jax import tfrecord
 
@@ -234,13 +235,14 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
     return out
 
   def read_batch(self, info: records.DatasetInfo, indices: Sequence[int],
-                 imu_location=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                 imu_location=None, zeros=np.zeros) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Decoded records -> (batch as records.decode_batch makes it, kept [B] bool).
 
     kept is False for corrupt records skipped (skip_corrupt); the batch holds
     only the kept ones. imu_location(kept, imu_location_mask [B', S]) -> [B']
     picks one location per record (-1: none) before any array is read, so only
-    that location's bytes are fetched and copied.
+    that location's bytes are fetched and copied. zeros(shape, dtype): allocates
+    the large arrays (e.g. in shared memory).
     """
     tables = self._record_tables(info)
     ids = np.asarray(indices, np.int64).reshape(-1)
@@ -269,10 +271,10 @@ class IndexedShardSource(grain.sources.RandomAccessDataSource):
       batch["imu_location"] = location
       batch["modality_mask"][:, 0] &= location >= 0
     if self.cache_in_memory:
-      batch.update(tables.gather(ids, location))
+      batch.update(tables.gather(ids, location, zeros))
     else:
       ranges = records.field_ranges(info, tables.offsets[ids], location)
-      arrays = records.new_arrays(info, len(ids), location is not None)
+      arrays = records.new_arrays(info, len(ids), location is not None, zeros=zeros)
       records.copy_arrays(info, [[(0, payloads[k])] if k in payloads else None
                                  for k in range(len(ids))], ranges, location is not None, arrays)
       self._read_into(ids, ranges, arrays, [k for k in range(len(ids)) if k not in payloads])
@@ -376,14 +378,18 @@ class _RecordTables:
         self.ram[key][rows] = values
       self.cached[rows] = True
 
-  def gather(self, ids: np.ndarray, location: np.ndarray | None) -> dict[str, np.ndarray]:
+  def gather(self, ids: np.ndarray, location: np.ndarray | None,
+             zeros=np.zeros) -> dict[str, np.ndarray]:
     """The batch's arrays from the cache: one fancy-index gather per field."""
-    out = {k: v[ids] for k, v in self.ram.items() if k != "imu"}
-    if location is None:
-      out["imu"] = self.ram["imu"][ids]
-    else:
-      out["imu"] = self.ram["imu"][ids, np.maximum(location, 0)]
-      out["imu"][location < 0] = 0
+    out = {}
+    for key, values in self.ram.items():
+      picked = values if key != "imu" or location is None else values[:, 0]
+      out[key] = zeros((len(ids),) + picked.shape[1:], values.dtype)
+      if key == "imu" and location is not None:
+        out[key][...] = values[ids, np.maximum(location, 0)]
+        out[key][location < 0] = 0
+      else:
+        np.take(values, ids, axis=0, out=out[key])
     return out
 
 
@@ -505,8 +511,11 @@ class DecodedBatches(grain.MapDataset):
       return choose_imu_locations(location_mask, rngs[0], self._config, self._info)
 
     ids = self._parent.record_ids(index)
+    # In a worker process the large arrays are decoded straight into the shared
+    # memory that carries them to the trainer (shm_pool).
     batch, kept = self._source.read_batch(
-        self._info, ids, None if self._config.imu_locations == "all" else choose)
+        self._info, ids, None if self._config.imu_locations == "all" else choose,
+        zeros=np.zeros if _worker_pool is None else _worker_pool.zeros)
     if len(kept) and not kept.any():
       # Its skipped count would have no row to ride on (and a split that is all
       # corrupt would otherwise be read forever).
@@ -793,24 +802,45 @@ def make_iterator(ds: grain.IterDataset, num_workers: int = 0,
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()  # Grain's workers read absl flags; use their defaults.
+    # Batches leave a worker as names of pooled shared-memory segments (shm_pool)
+    # and are mapped back to arrays in this process.
+    # What Grain itself carries (a pool at its cap) goes by pickle when small.
+    ds = grain.experimental.WithOptionsIterDataset(
+        ds.map(_send_from_worker), grain.experimental.DatasetOptions(min_shm_size=64 << 10))
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=per_worker_buffer_size),
-        worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
+        worker_init_fn=functools.partial(_start_worker, os.getpid()))
+    ds = ds.map(shm_pool.open_segments())
   return iter(ds)
 
 
-def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
-  """Grain worker start-up: exit when the training process `parent` is gone.
+# The worker process's pool of shared-memory segments for batch arrays (None in
+# the trainer's own process, where batches need no transport).
+_worker_pool: shm_pool.WorkerPool | None = None
+
+
+def _send_from_worker(batch: dict) -> dict:
+  """The last step in a worker: large arrays -> SegmentArrays (as they are elsewhere)."""
+  return batch if _worker_pool is None else _worker_pool.send(batch)
+
+
+def _start_worker(parent: int, worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: a segment pool for batches; exit when `parent` is gone.
 
   A job killed with SIGKILL cannot stop its workers, which would otherwise keep
   running (hundreds of MB each) and hold their shared memory. The parent's pid
   comes from the parent: a worker may start only after it died.
   """
   del worker_index, worker_count
+  global _worker_pool
+  if shm_pool.available():
+    _worker_pool = shm_pool.WorkerPool()
 
   def watch():
     while os.getppid() == parent:
       time.sleep(1.0)
+    if _worker_pool is not None:
+      _worker_pool.close()
     os._exit(0)  # pylint: disable=protected-access
 
   threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()

@@ -563,10 +563,14 @@ def decode_batch(info: DatasetInfo, payloads: Sequence[bytes],
   return batch
 
 
-def new_arrays(info: DatasetInfo, n: int, one_imu_location: bool) -> dict[str, np.ndarray]:
-  """Zeroed batch arrays [n, ...] of the ARRAY_KEYS (zeros stand in for absent fields)."""
+def new_arrays(info: DatasetInfo, n: int, one_imu_location: bool,
+               zeros=np.zeros) -> dict[str, np.ndarray]:
+  """Zeroed batch arrays [n, ...] of the ARRAY_KEYS (zeros stand in for absent fields).
+
+  zeros(shape, dtype): the allocator, e.g. one that places them in shared memory.
+  """
   specs = info.array_specs()
-  return {k: np.zeros((n,) + shape, specs[k].dtype)
+  return {k: zeros((n,) + shape, specs[k].dtype)
           for k, shape in array_shapes(info, one_imu_location).items()}
 
 

@@ -63,7 +63,7 @@ class Job:
   def kill(self):
     """SIGKILL to the job's process. What it started (Grain's input worker, then
     multiprocessing's resource tracker, which frees the shared memory) must exit
-    by itself (input_pipeline._exit_with_parent); the test fails if it does not."""
+    by itself (input_pipeline._start_worker); the test fails if it does not."""
     self.proc.send_signal(signal.SIGKILL)
     self.proc.wait(timeout=60)
     deadline = time.monotonic() + 30
