@@ -144,6 +144,38 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
   return x.reshape(batch, steps // patch_size, -1)
 
 
+class TokenDense(nn.Module):
+  """nn.DenseGeneral over the last `in_axes` axes, computed as one 2-D matmul.
+
+  Same parameters, initialisation and math as nn.Dense / nn.DenseGeneral
+  (kernel [in..., features...], bias [features...]), but the token axes are
+  flattened into one row axis first. Over `[B, N, D]` inputs the weight
+  gradient of a plain Dense contracts two axes (B and N), which XLA:CPU does
+  not hand to its fast matmul library but runs as a slower generic dot after
+  transposing copies; as `[B*N, D] @ [D, F]` both gradients are plain matmuls.
+  Elsewhere the reshapes are free.
+  """
+  features: tuple[int, ...]
+  in_axes: int = 1
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    lead, contracted = x.shape[:-self.in_axes], x.shape[-self.in_axes:]
+    fan_in, fan_out = math.prod(contracted), math.prod(self.features)
+    # Initialised on the flat [fan_in, fan_out] shape, as nn.DenseGeneral does.
+    init = lambda rng, shape, dtype: self.kernel_init(rng, (fan_in, fan_out), dtype).reshape(shape)
+    kernel = self.param("kernel", init, contracted + tuple(self.features), jnp.float32)
+    y = jnp.dot(x.reshape(-1, fan_in).astype(self.dtype),
+                kernel.reshape(fan_in, fan_out).astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, tuple(self.features), jnp.float32)
+      y = y + bias.reshape(fan_out).astype(self.dtype)
+    return y.reshape(lead + tuple(self.features))
+
+
 class Attention(nn.Module):
   """Multi-head self-attention over `[B, N, width]` via `jax.nn.dot_product_attention`."""
   num_heads: int
@@ -155,16 +187,14 @@ class Attention(nn.Module):
                key_lengths: jax.Array | None = None) -> jax.Array:
     width = x.shape[-1]
     head_dim = width // self.num_heads
-    dense = lambda name, **kw: nn.DenseGeneral(
-        name=name, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.initializers.xavier_uniform(), **kw)
     # [B, N, heads, head_dim] each.
-    q, k, v = (dense(n, features=(self.num_heads, head_dim))(x) for n in ("query", "key", "value"))
+    q, k, v = (TokenDense((self.num_heads, head_dim), dtype=self.dtype, name=n)(x)
+               for n in ("query", "key", "value"))
     mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, N]
     lengths = None if key_lengths is None else key_lengths.astype(jnp.int32)
     y = jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=lengths,
                                      implementation=self.implementation)
-    return dense("out", features=width, axis=(-2, -1))(y)
+    return TokenDense((width,), in_axes=2, dtype=self.dtype, name="out")(y)
 
 
 class EncoderBlock(nn.Module):
@@ -177,9 +207,7 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x, key_mask=None, key_lengths=None):
     norm = lambda name: nn.LayerNorm(name=name, dtype=self.dtype, param_dtype=jnp.float32)
-    dense = lambda name, features: nn.Dense(
-        features, name=name, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.initializers.xavier_uniform())
+    dense = lambda name, features: TokenDense((features,), dtype=self.dtype, name=name)
     x = x + Attention(self.num_heads, self.dtype, self.attention_impl, name="attention")(
         norm("norm_attention")(x), key_mask, key_lengths)
     y = dense("mlp_in", self.mlp_dim)(norm("norm_mlp")(x))
@@ -272,8 +300,7 @@ class Tower(nn.Module):
       key_lengths = jnp.clip(jnp.asarray(text_len), 1, ids.shape[1] + 1)
     else:
       patches = patchify(inputs.astype(dtype), self.patch_size)   # [B, N, p * C]
-      tokens = nn.Dense(self.width, name="input_proj", dtype=dtype, param_dtype=jnp.float32,
-                        kernel_init=nn.initializers.xavier_uniform())(patches)
+      tokens = TokenDense((self.width,), dtype=dtype, name="input_proj")(patches)
     if tokens.shape[1:] != (self.num_tokens, self.width):
       raise ValueError(f"{self.modality} tower expects {self.num_tokens} tokens, got "
                        f"{tokens.shape[1]} from inputs of shape {inputs.shape}")

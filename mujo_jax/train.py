@@ -294,24 +294,30 @@ class Trainer:
   def _train_step(self, state: TrainState, batch, *, pairs):
     needed = self.towers_in(pairs)
     (loss, (per_pair, scale)), grads = self.loss_and_grads(state.params, batch, pairs=pairs)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    params = model_lib.clamp_logit_scale(params, self.model_config)
-    updated = state.replace(params=params, opt_state=opt_state)
-    # Towers outside this step's pairs took no part: keep their parameters and
-    # their Adam moments exactly (no momentum step, no weight decay), as PyTorch's
-    # optimizers skip parameters without a gradient. `pairs` is static, so this
-    # is a compile-time choice. Adam's step count (and the schedule's) is shared
-    # by all parameters and does advance: a tower that sat steps out gets the
-    # bias correction of the global count (~1 after a few hundred steps anyway).
-    updated = keep_towers(updated, state, tuple(m for m in self.modalities if m not in needed))
+    grad_norm = optax.global_norm(grads)
+
+    def update(state):
+      updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      params = model_lib.clamp_logit_scale(params, self.model_config)
+      # Towers outside this step's pairs took no part: keep their parameters and
+      # their Adam moments exactly (no momentum step, no weight decay), as
+      # PyTorch's optimizers skip parameters without a gradient. `pairs` is
+      # static, so this is a compile-time choice. Adam's step count (and the
+      # schedule's) is shared by all parameters and does advance: a tower that
+      # sat steps out gets the bias correction of the global count (~1 after a
+      # few hundred steps anyway).
+      return keep_towers(state.replace(params=params, opt_state=opt_state), state,
+                         tuple(m for m in self.modalities if m not in needed))
+
     # A non-finite loss or gradient (global_norm is NaN/inf if any leaf is)
     # changes nothing: params and opt_state stay, so the schedule (counted in
     # opt_state) does not advance either. state.step does advance: it counts
     # the batches taken, which the data iterator and the checkpoint step follow.
-    grad_norm = optax.global_norm(grads)
+    # A cond rather than a select of old and new: the update stays in place in
+    # the donated buffers, where a select has to keep both (copies and passes).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    updated = jax.lax.cond(finite, update, lambda state: state, state)
     clip = self.config.optim.grad_clip_norm
     metrics = {"loss": loss, "logit_scale": scale, "grad_norm": grad_norm,
                "clip_factor": jnp.minimum(1.0, clip / grad_norm),
