@@ -64,7 +64,9 @@ class WorkerPool:
     self._unsent: dict[int, tuple[shared_memory.SharedMemory, int, weakref.finalize]] = {}
     self._lock = threading.Lock()
     self._max_segments = max_segments
-    util.Finalize(self, _unlink_all, args=(self._segments,), exitpriority=10)
+    self._closed = [False]   # shared with the exit finalizer
+    self._finalize = util.Finalize(self, _unlink_all, exitpriority=10,
+                                   args=(self._lock, self._segments, self._closed))
 
   def zeros(self, shape, dtype) -> np.ndarray:
     """A zeroed array, in a pooled segment unless the pool is at its cap."""
@@ -106,8 +108,8 @@ class WorkerPool:
     return out
 
   def close(self) -> None:
-    with self._lock:
-      _unlink_all(self._segments)
+    """Unlinks every segment; later arrays are plain (a reader thread may still run)."""
+    self._finalize()
 
   def _take(self, nbytes: int) -> tuple[shared_memory.SharedMemory, bool] | None:
     """A free segment of exactly `nbytes`, now flagged in use, and whether it is new."""
@@ -116,7 +118,7 @@ class WorkerPool:
         if size == nbytes and shm.buf[nbytes] == 0:
           shm.buf[nbytes] = 1
           return shm, False
-      if len(self._segments) >= self._max_segments:
+      if self._closed[0] or len(self._segments) >= self._max_segments:
         return None
       shm = shared_memory.SharedMemory(create=True, size=nbytes + _FLAG_BYTES)
       shm.buf[nbytes] = 1
@@ -130,13 +132,15 @@ class WorkerPool:
       pooled[0].buf[pooled[1]] = 0
 
 
-def _unlink_all(segments: list) -> None:
-  while segments:
-    shm, _ = segments.pop()
-    try:
-      shm.unlink()
-    except FileNotFoundError:
-      pass
+def _unlink_all(lock: threading.Lock, segments: list, closed: list) -> None:
+  with lock:
+    closed[0] = True
+    while segments:
+      shm, _ = segments.pop()
+      try:
+        shm.unlink()
+      except FileNotFoundError:
+        pass
 
 
 class open_segments:  # pylint: disable=invalid-name
