@@ -46,10 +46,10 @@ from scipy import interpolate
 from scipy import signal
 from scipy.spatial.transform import Rotation
 
-from data_prep import skeletons
-from data_prep import virtual_imu
 from data_prep.dataset_writer import DatasetWriter
 from mujo_jax import records
+from mujo_jax.sim import skeletons
+from mujo_jax.sim import virtual_imu
 from mujo_jax import storage
 
 REPORT_FILENAME = "conversion_report.json"

@@ -9,7 +9,7 @@ the manifest's directory):
    "skeleton": "h36m17", "video": "video/youtubeID___3.npy", "video_rate_hz": 1.6,
    "language": {"chapter": ..., "normalized_chapter": ..., "subtitles": ..., "description": ...},
    "label": "squats"}
-  pose   .npy float [T, J, 3], metres, J = the skeleton's joints (data_prep/skeletons.py; all
+  pose   .npy float [T, J, 3], metres, J = the skeleton's joints (mujo_jax/sim/skeletons.py; all
          clips share one skeleton), in a world frame whose vertical is --up (default +z; e.g.
          0,-1,0 for camera coordinates with y pointing down). NaN marks a missing joint.
   video  optional .npy float [T_v, 1536] (HERO: CLIP-512 + S3D-1024), feature j covering
@@ -45,10 +45,10 @@ import numpy as np
 
 from data_prep import conversion
 from data_prep import fimad_split
-from data_prep import skeletons
 from data_prep import text
-from data_prep import virtual_imu
 from mujo_jax import records
+from mujo_jax.sim import skeletons
+from mujo_jax.sim import virtual_imu
 
 TEXT_FIELDS = ("normalized_chapter", "description")
 MANIFEST_KEYS = {"clip_id", "pose", "pose_fps", "skeleton", "video", "video_rate_hz", "language",

@@ -77,11 +77,12 @@ from absl import logging
 import numpy as np
 
 from data_prep import conversion
-from data_prep import motion
-from data_prep import skeletons
 from data_prep import text
-from data_prep import virtual_imu
 from mujo_jax import records
+from mujo_jax.sim import motion
+from mujo_jax.sim import skeletons
+from mujo_jax.sim import virtual_imu
+from mujo_jax import units
 
 SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("w01", "w02", "w03", "w04", "w06", "w07", "w08", "w16", "w17", "w18"),
@@ -97,7 +98,6 @@ EXERCISE_NAMES = {"bicep_curls": "dumbbell_biceps_curls"}  # MM-Fit name -> CLAS
 EDA_ORDER = tuple(n.replace("left_", "@").replace("right_", "left_").replace("@", "right_")
                   for n in skeletons.H36M17.joint_names)
 FRAME_S = 1.0 / 30.0  # nominal camera frame period, only to time label frames off the sensor range
-STANDARD_GRAVITY = 9.80665
 LOWPASS_FRACTION = 0.4  # low-pass cut-off as a fraction of imu_rate_hz (20 Hz at 50 Hz)
 MAX_GYR_RAD_S = 35.0
 SKELETON = "h36m17"
@@ -249,7 +249,7 @@ def real_imu(workout: str, acc: np.ndarray, gyr: np.ndarray, paths: tuple[str, s
   if 7.0 <= magnitude <= 12.5:
     acc_units, acc_xyz = "m/s^2", acc[:, 2:]
   elif 0.7 <= magnitude <= 1.3:
-    acc_units, acc_xyz = "g", acc[:, 2:] * STANDARD_GRAVITY
+    acc_units, acc_xyz = "g", units.g_to_ms2(acc[:, 2:])
   else:
     raise conversion.clip_error(workout, paths[0], f"median |acc| {magnitude:.3g} fits neither "
                                 "m/s^2 (~9.8) nor g (~1)")

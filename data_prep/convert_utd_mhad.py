@@ -46,11 +46,11 @@ from absl import flags
 import numpy as np
 
 from data_prep import conversion
-from data_prep import skeletons
 from data_prep import text
 from data_prep import utd_mhad
-from data_prep import virtual_imu
 from mujo_jax import records
+from mujo_jax.sim import skeletons
+from mujo_jax.sim import virtual_imu
 
 SKELETON = "kinect_v1_20"
 SMOOTHING_S = 0.3

@@ -4,11 +4,11 @@ r"""Writes the embedded demo dataset: a small, complete FiMAD-format dataset.
 
 Procedurally animated skeletons perform MM-Fit's ten exercises with per-clip
 variation of body, tempo, range of motion, facing direction and noise
-(data_prep/motion.py). From each clip's motion we derive the four modalities:
-  imu    virtual IMU at every sensor location (data_prep/virtual_imu.py, the
+(mujo_jax/sim/motion.py). From each clip's motion we derive the four modalities:
+  imu    virtual IMU at every sensor location (mujo_jax/sim/virtual_imu.py, the
          simulator real pose goes through too)
   pose   the skeleton at 25 Hz, root-relative
-  video  synthetic stand-ins for HERO features (data_prep/synthetic_video.py)
+  video  synthetic stand-ins for HERO features (mujo_jax/sim/synthetic_video.py)
   text   one of several descriptions of the exercise, pre-tokenised
 Deterministic for a seed, whatever the number of workers: each clip draws from
 its own generator seeded by (seed, exercise, clip).
@@ -24,14 +24,14 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from data_prep import fimad_split
-from data_prep import motion
-from data_prep import synthetic_video
-from data_prep import text
-from data_prep import virtual_imu
 from data_prep.dataset_writer import DatasetWriter
-from data_prep.skeletons import get_skeleton
+from data_prep import fimad_split
+from data_prep import text
 from mujo_jax import records
+from mujo_jax.sim import motion
+from mujo_jax.sim.skeletons import get_skeleton
+from mujo_jax.sim import synthetic_video
+from mujo_jax.sim import virtual_imu
 from mujo_jax import storage
 
 SKELETON = "h36m17"

@@ -34,6 +34,8 @@ import re
 import numpy as np
 import scipy.io
 
+from mujo_jax import units
+
 ACTIONS: tuple[str, ...] = (
     "right arm swipe to the left", "right arm swipe to the right", "right hand wave",
     "two hand front clap", "right arm throw", "cross arms in the chest", "basketball shoot",
@@ -48,7 +50,6 @@ assert len(ACTIONS) == 27
 
 INERTIAL_HZ = 50.0
 NOMINAL_SKELETON_FPS = 30.0
-STANDARD_GRAVITY = 9.80665  # m/s^2 per g
 NUM_JOINTS = 20
 # World up in Kinect camera coordinates (module docstring).
 UP: tuple[float, float, float] = (0.0, 1.0, 0.0)
@@ -148,7 +149,7 @@ def load_inertial(trial: Trial) -> np.ndarray:
   if d.ndim != 2 or d.shape[1] != 6 or d.shape[0] < 2:
     raise ValueError(f"{trial.inertial_path!r}: {INERTIAL_KEY!r} must have shape (T, 6) with "
                      f"T >= 2, got {d.shape}")
-  return np.concatenate([d[:, :3] * STANDARD_GRAVITY, np.deg2rad(d[:, 3:])], axis=1)
+  return np.concatenate([units.g_to_ms2(d[:, :3]), units.deg_to_rad(d[:, 3:])], axis=1)
 
 
 def load_skeleton(trial: Trial) -> np.ndarray:

@@ -70,7 +70,7 @@ import numpy as np
 from scipy import stats
 
 from data_prep import utd_mhad
-from data_prep import virtual_imu
+from mujo_jax.sim import virtual_imu
 from mujo_jax import storage
 
 SKELETON = "kinect_v1_20"

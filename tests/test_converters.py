@@ -16,13 +16,13 @@ from data_prep import conversion
 from data_prep import convert_fimad
 from data_prep import convert_mmfit
 from data_prep import convert_utd_mhad
-from data_prep import motion
-from data_prep import skeletons
 from data_prep import text
 from data_prep import utd_mhad
-from data_prep import virtual_imu
 from mujo_jax import input_pipeline
 from mujo_jax import records
+from mujo_jax.sim import motion
+from mujo_jax.sim import skeletons
+from mujo_jax.sim import virtual_imu
 from mujo_jax import tfrecord
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

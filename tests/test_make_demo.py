@@ -5,9 +5,9 @@ import numpy as np
 
 from data_prep import fimad_split
 from data_prep import make_demo
-from data_prep import motion
 from mujo_jax import input_pipeline
 from mujo_jax import records
+from mujo_jax.sim import motion
 
 SMALL = dict(clips_per_exercise=2, val_fraction=0.5, clip_seconds=(10.0, 12.0), workers=2,
              records_per_shard=8, log=lambda *_: None)

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from data_prep import motion
-from data_prep import skeletons
-from data_prep import virtual_imu
+from mujo_jax.sim import motion
+from mujo_jax.sim import skeletons
+from mujo_jax.sim import virtual_imu
 
 H36M = skeletons.get_skeleton("h36m17")
 J = {name: i for i, name in enumerate(H36M.joint_names)}

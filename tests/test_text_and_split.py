@@ -51,6 +51,6 @@ def test_tokenizer_is_minilm_wordpiece():
 
 
 def test_every_exercise_has_several_descriptions():
-  from data_prep import motion
+  from mujo_jax.sim import motion
   assert set(text.DESCRIPTIONS) == set(motion.EXERCISES)
   assert all(len(set(d)) >= 3 for d in text.DESCRIPTIONS.values())

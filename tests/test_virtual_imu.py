@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from data_prep import skeletons
-from data_prep import virtual_imu
-from data_prep.virtual_imu import SENSOR_LOCATIONS, simulate_imu
+from mujo_jax import units
+from mujo_jax.sim import skeletons
+from mujo_jax.sim import virtual_imu
+from mujo_jax.sim.virtual_imu import SENSOR_LOCATIONS, simulate_imu
 
-G = virtual_imu.GRAVITY
+G = units.STANDARD_GRAVITY
 H36M = skeletons.get_skeleton("h36m17")
 LEFT_ELBOW, LEFT_WRIST = H36M.index("left_elbow"), H36M.index("left_wrist")
 TORSO = ("chest", "pelvis", "head", "back")

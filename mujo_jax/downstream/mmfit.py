@@ -55,6 +55,7 @@ import numpy as np
 from data_prep import conversion
 from data_prep import convert_mmfit
 from mujo_jax.downstream import recordings
+from mujo_jax import units
 
 NOMINAL_RATE_HZ = 100.0   # the smartwatches' rate per MM-Fit's EDA notebook
 RATE_TOLERANCE = 0.05     # measured median rate must be within 5% of the nominal
@@ -136,7 +137,7 @@ def load(path: str, device: str = "sw_l", test_split: str = "unseen_test", worko
   for workout in loaded:
     for x, y in zip(workout.runs, workout.labels):
       if workout.acc_unit != acc_unit:
-        x[:, :3] *= convert_mmfit.STANDARD_GRAVITY
+        x[:, :3] *= units.STANDARD_GRAVITY
       xs.append(x.astype(np.float32))
       ys.append(y)
       subjects.append(np.full(len(x), workout_number(workout.name), np.int32))

@@ -32,8 +32,8 @@ import numpy as np
 from scipy import signal
 
 from mujo_jax.downstream import recordings as recordings_lib
+from mujo_jax import units
 
-STANDARD_GRAVITY = 9.80665
 REST_S = 0.1
 NULL_CLASS = "null"
 
@@ -96,7 +96,7 @@ def si_signals(rec: recordings_lib.Recordings, missing_gyro: str) -> tuple[np.nd
   notes = []
   acc = rec.channels(recordings_lib.ACC_CHANNELS).astype(np.float64)
   if rec.acc_unit == "g":
-    acc = acc * STANDARD_GRAVITY
+    acc = units.g_to_ms2(acc)
   if not rec.acc_includes_gravity:
     notes.append("accelerometer without gravity, used as is (the encoder was pretrained with "
                  "gravity included)")

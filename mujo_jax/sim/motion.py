@@ -29,7 +29,7 @@ import math
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from data_prep import skeletons
+from mujo_jax.sim import skeletons
 
 EXERCISES = ("squats", "pushups", "dumbbell_shoulder_press", "lunges", "dumbbell_rows", "situps",
              "tricep_extensions", "dumbbell_biceps_curls", "lateral_shoulder_raises",

@@ -1,6 +1,6 @@
 """Joint orders of the pose sources, named from one shared joint vocabulary.
 
-Sensor locations (`data_prep.virtual_imu`) are defined by joint names, so that
+Sensor locations (`mujo_jax.sim.virtual_imu`) are defined by joint names, so that
 one definition serves every skeleton. Each skeleton therefore names its joints
 from a common vocabulary (pelvis, spine, thorax, neck, head, and
 left_/right_ shoulder, elbow, wrist, hand, hip, knee, ankle, foot), and maps the

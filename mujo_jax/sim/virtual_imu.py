@@ -3,7 +3,7 @@
 IMUTube-style (Kwon et al., 2020): a sensor rigidly attached to a body segment
 moves with it, so its specific force and angular velocity follow from the
 joint trajectories alone. Motion capture, procedurally animated poses
-(`data_prep.motion`) and 3D pose estimated from video all go through this one
+(`mujo_jax.sim.motion`) and 3D pose estimated from video all go through this one
 function, which therefore takes nothing but joint positions.
 
 Pipeline for `positions` [T, J, 3] sampled at `fps`:
@@ -58,7 +58,7 @@ Pipeline for `positions` [T, J, 3] sampled at `fps`:
      loop; back-and-forth exercise motion does not. Left and right limbs share
      the convention (frames are not mirrored).
 5. Readings, each in the sensor frame: specific force R_t^T (a_t - g) with
-   g = -9.81 * up (a sensor at rest reads +9.81 m/s^2 along up), and angular
+   g = -STANDARD_GRAVITY * up (a sensor at rest reads +9.80665 m/s^2 along up), and angular
    velocity from the relative rotation R_{t-1}^T R_{t+1} (its rotation vector
    over 2 dt, expressed in frame t; one-sided at the ends).
 
@@ -76,9 +76,9 @@ from scipy import interpolate
 from scipy import signal
 from scipy.spatial.transform import Rotation
 
-from data_prep import skeletons
+from mujo_jax.sim import skeletons
+from mujo_jax import units
 
-GRAVITY = 9.81
 _DOWN = (0.0, 0.0, -1.0)
 _FORWARD = (0.0, 1.0, 0.0)
 _UP = (0.0, 0.0, 1.0)
@@ -257,7 +257,7 @@ def simulate_imu(positions: np.ndarray, fps: float, skeleton: str | skeletons.Sk
   for s, p in enumerate(plan):
     weights[s, p.site[0]] += 1.0 - p.site[2]
     weights[s, p.site[1]] += p.site[2]
-  specific_force = np.tensordot(weights, joint_acc, axes=(1, 1)) + GRAVITY * up
+  specific_force = np.tensordot(weights, joint_acc, axes=(1, 1)) + units.STANDARD_GRAVITY * up
   acc = np.sum(frames * specific_force[..., :, None], axis=-2)
   gyr = _body_rates(frames, dt)
   out = np.concatenate([acc, gyr], axis=-1)
