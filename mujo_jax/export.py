@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mujo_jax import console
 from mujo_jax import model as model_lib
 from mujo_jax import records
 from mujo_jax import storage
@@ -175,6 +176,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  console.setup()
   out = export(FLAGS.workdir, FLAGS.out, FLAGS.step)
   print(f"wrote {out}/model.safetensors and {out}/config.json")
 

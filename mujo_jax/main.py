@@ -15,7 +15,6 @@ Several processes (one per TPU VM host or GPU node) run the same command with
 --coordinator_address, --num_processes and --process_id.
 """
 
-import logging as std_logging
 import sys
 
 from absl import app
@@ -24,6 +23,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mujo_jax import console
 from mujo_jax import preflight
 from mujo_jax import storage
 
@@ -47,19 +47,9 @@ def _build_demo(data_dir: str) -> None:
   make_demo.build(data_dir, log=logging.info)
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Keeps our INFO lines; libraries (Orbax logs every save step) only from WARNING."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "/mujo_jax/" in record.pathname \
-        or "/data_prep/" in record.pathname
-
-
 def main(argv):
   del argv
-  logging.set_verbosity(logging.INFO)
-  logging.set_stderrthreshold(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.setup()
   explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if any(v is not None for v in explicit) and not FLAGS.jax_distributed:
     raise app.UsageError("--coordinator_address, --num_processes and --process_id need "
