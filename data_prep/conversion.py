@@ -15,8 +15,10 @@ cubic spline per run of valid frames and evaluates it on the grid; a grid sample
 inside a gap where consecutive valid frames are more than `max_gap_s` apart (a missing joint
 is NaN in the source). Nothing is extrapolated. A window is kept only when all its samples
 are usable; the others are dropped and counted (never filled with made-up data).
-Orientation: `to_z_up` rotates a source whose world vertical is `up` so that +z is up, the
-frame every converter writes (and the virtual IMU's default); records stay root-relative.
+Orientation: `mujo_jax.sources.geometry.to_z_up` turns a source whose world vertical is `up`
+so that +z is up, the frame every converter writes (and the virtual IMU's default); records
+stay root-relative. Real IMU streams go onto the grid with `mujo_jax.sources.resampling`, the
+same resampling the downstream evaluation uses.
 
 Virtual IMU. `simulate_windows` runs `virtual_imu.simulate_imu` once per run of consecutive
 kept windows (not per window), with up to `margin_s` of usable context on both sides so the
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import multiprocessing
 import os
 import time
@@ -43,24 +44,22 @@ from typing import Any
 
 import numpy as np
 from scipy import interpolate
-from scipy import signal
-from scipy.spatial.transform import Rotation
 
 from data_prep.dataset_writer import DatasetWriter
 from mujo_jax import records
 from mujo_jax.sim import skeletons
 from mujo_jax.sim import virtual_imu
+from mujo_jax.sources import errors
+from mujo_jax.sources import resampling
 from mujo_jax import storage
 
 REPORT_FILENAME = "conversion_report.json"
 
 
-class ConversionError(ValueError):
-  """Bad input: the message names the clip and the file."""
-
-
-def clip_error(clip_id: str, path: str, what: str) -> ConversionError:
-  return ConversionError(f"clip {clip_id!r} ({path}): {what}")
+# Bad input: the message names the clip and the file. The readers in mujo_jax.sources raise the
+# same type, so one except clause catches both.
+ConversionError = errors.SourceError
+clip_error = errors.clip_error
 
 
 @dataclasses.dataclass
@@ -81,27 +80,6 @@ class ClipResult:
 # Geometry
 
 
-def rotation_to_z_up(up: Sequence[float]) -> np.ndarray:
-  """[3, 3] proper rotation R with R @ unit(up) = +z: the smallest one (a half turn about x
-  when up points down)."""
-  up = np.asarray(up, dtype=np.float64)
-  norm = np.linalg.norm(up) if up.shape == (3,) else np.nan
-  if not (np.isfinite(norm) and norm > 0):
-    raise ValueError(f"up must be a finite non-zero 3-vector, got {up.tolist()}")
-  up = up / norm
-  z = np.array([0.0, 0.0, 1.0])
-  cross = np.cross(up, z)
-  sin, cos = np.linalg.norm(cross), float(up @ z)
-  if sin < 1e-12:
-    return np.eye(3) if cos > 0 else np.diag([1.0, -1.0, -1.0])
-  return Rotation.from_rotvec(cross / sin * math.atan2(sin, cos)).as_matrix()
-
-
-def to_z_up(positions: np.ndarray, up: Sequence[float]) -> np.ndarray:
-  """positions [..., 3] in a frame whose vertical is `up` -> the same points with +z up."""
-  return np.asarray(positions, dtype=np.float64) @ rotation_to_z_up(up).T
-
-
 def root_relative(pose: np.ndarray, skeleton: str | skeletons.Skeleton) -> np.ndarray:
   """pose [T, J, 3] minus its root joint (pelvis, or the skeleton's alias for it) per frame."""
   skel = skeleton if isinstance(skeleton, skeletons.Skeleton) else skeletons.get_skeleton(skeleton)
@@ -111,15 +89,6 @@ def root_relative(pose: np.ndarray, skeleton: str | skeletons.Skeleton) -> np.nd
 
 # ---------------------------------------------------------------------------------------------
 # Resampling onto the grid
-
-
-def _split_runs(t: np.ndarray, max_gap_s: float) -> list[slice]:
-  """Index slices of `t` (sorted) where consecutive entries are at most max_gap_s apart."""
-  if len(t) == 0:
-    return []
-  breaks = np.flatnonzero(np.diff(t) > max_gap_s) + 1
-  edges = np.concatenate([[0], breaks, [len(t)]])
-  return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _check_times(times: np.ndarray, strict: bool) -> np.ndarray:
@@ -154,7 +123,7 @@ def resample_positions(times: np.ndarray, positions: np.ndarray, t_out: np.ndarr
   for joints in groups.values():
     frames = np.flatnonzero(valid[:, joints[0]])
     t_valid = times[frames]
-    for run in _split_runs(t_valid, max_gap_s):
+    for run in resampling.split_runs(t_valid, max_gap_s):
       t_run = t_valid[run]
       if len(t_run) < 2:
         continue
@@ -164,55 +133,6 @@ def resample_positions(times: np.ndarray, positions: np.ndarray, t_out: np.ndarr
       y = positions[frames[run]][:, joints]
       out[sel[:, None], joints] = interpolate.CubicSpline(t_run, y, axis=0)(t_out[sel])
   return out
-
-
-def resample_stream(times: np.ndarray, values: np.ndarray, t_out: np.ndarray, max_gap_s: float,
-                    lowpass_hz: float | None = None) -> np.ndarray:
-  """A sensor stream at (irregular) sample times -> [N, C] float64 at t_out, NaN where unusable.
-
-  times [T] non-decreasing seconds (samples sharing a timestamp are averaged); values [T, C].
-  Runs are split where samples are more than max_gap_s apart. With `lowpass_hz`, a run sampled
-  faster than t_out is first put on a uniform grid at its median sample rate (linear
-  interpolation) and filtered with a zero-phase 4th-order Butterworth low-pass, the
-  anti-aliasing a downsampling needs; such a run too short to filter is unusable. Then linear
-  interpolation to t_out.
-  """
-  times = _check_times(times, strict=False)
-  values = np.asarray(values, dtype=np.float64)
-  if values.ndim != 2 or len(values) != len(times):
-    raise ValueError(f"values must be [T={len(times)}, C], got {values.shape}")
-  if not np.isfinite(values).all():
-    keep = np.isfinite(values).all(axis=1)
-    times, values = times[keep], values[keep]
-  uniq, inverse, counts = np.unique(times, return_inverse=True, return_counts=True)
-  if len(uniq) < len(times):
-    sums = np.zeros((len(uniq), values.shape[1]))
-    np.add.at(sums, inverse, values)
-    times, values = uniq, sums / counts[:, None]
-  t_out = np.asarray(t_out, dtype=np.float64)
-  out_rate = 1.0 / np.median(np.diff(t_out)) if len(t_out) > 1 else np.inf
-  out = np.full((len(t_out), values.shape[1]), np.nan)
-  for run in _split_runs(times, max_gap_s):
-    t_run, v_run = times[run], values[run]
-    if len(t_run) < 2:
-      continue
-    if lowpass_hz is not None:
-      rate = 1.0 / np.median(np.diff(t_run))
-      if rate > 1.01 * out_rate and lowpass_hz < 0.5 * rate:
-        t_uni = t_run[0] + np.arange(int((t_run[-1] - t_run[0]) * rate) + 1) / rate
-        v_uni = np.stack([np.interp(t_uni, t_run, v) for v in v_run.T], axis=1)
-        sos = signal.butter(4, lowpass_hz, fs=rate, output="sos")
-        if len(t_uni) <= 3 * (2 * len(sos) + 1):
-          continue
-        t_run, v_run = t_uni, signal.sosfiltfilt(sos, v_uni, axis=0)
-    sel = np.flatnonzero((t_out >= t_run[0]) & (t_out <= t_run[-1]))
-    out[sel] = np.stack([np.interp(t_out[sel], t_run, v) for v in v_run.T], axis=1)
-  return out
-
-
-def grid(duration_s: float, rate_hz: float) -> np.ndarray:
-  """t_k = k / rate_hz for every k with t_k <= duration_s (a tolerance of 1e-9 s)."""
-  return np.arange(math.floor(duration_s * rate_hz + 1e-9) + 1) / rate_hz
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ r"""Converts FiMAD-style sources (3D pose, video features, language) to the reco
   python -m data_prep.convert_fimad --manifest=clips.jsonl --split_file=train_val_split.json \
       --out_dir=/data/fimad [--workers=N] [--up=0,0,1] [--skip_unsplit]
 
-The manifest is JSON Lines, one clip per line; paths are relative to --data_root (default:
-the manifest's directory):
+The manifest (read and checked by `mujo_jax.sources.fimad`) is JSON Lines, one clip per line;
+paths are relative to --data_root (default: the manifest's directory):
   {"clip_id": "youtubeID___3", "pose": "pose/youtubeID___3.npy", "pose_fps": 25,
    "skeleton": "h36m17", "video": "video/youtubeID___3.npy", "video_rate_hz": 1.6,
    "language": {"chapter": ..., "normalized_chapter": ..., "subtitles": ..., "description": ...},
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 
 from absl import app
@@ -46,26 +45,13 @@ import numpy as np
 from data_prep import conversion
 from data_prep import fimad_split
 from data_prep import text
+from mujo_jax import console
 from mujo_jax import records
 from mujo_jax.sim import skeletons
 from mujo_jax.sim import virtual_imu
-
-TEXT_FIELDS = ("normalized_chapter", "description")
-MANIFEST_KEYS = {"clip_id", "pose", "pose_fps", "skeleton", "video", "video_rate_hz", "language",
-                 "label"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipSpec:
-  """One validated manifest line; paths are absolute."""
-  clip_id: str
-  pose_path: str
-  pose_fps: float
-  skeleton: str
-  video_path: str | None
-  video_rate_hz: float | None
-  text: str | None
-  label: str | None
+from mujo_jax.sources import fimad
+from mujo_jax.sources import geometry
+from mujo_jax.sources import resampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,99 +60,6 @@ class Settings:
   up: tuple[float, float, float]
   max_gap_s: float
   smoothing_s: float
-
-
-def clip_text(language: dict | None, fields=TEXT_FIELDS) -> str | None:
-  """The non-empty `fields` of a language record joined by ". " (None if there are none);
-  normalized_chapter falls back to chapter."""
-  if not language:
-    return None
-  parts = []
-  for field in fields:
-    value = language.get(field)
-    if field == "normalized_chapter" and not value:
-      value = language.get("chapter")
-    if isinstance(value, str) and value.strip():
-      parts.append(value.strip().rstrip("."))
-  return ". ".join(parts) if parts else None
-
-
-def read_manifest(path: str, data_root: str | None = None,
-                  text_fields=TEXT_FIELDS) -> list[ClipSpec]:
-  """Parses and checks the manifest: keys, types, skeletons, that the files exist."""
-  root = data_root or os.path.dirname(os.path.abspath(path))
-  specs, seen = [], {}
-  with open(path) as f:
-    lines = f.readlines()
-  for n, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    where = f"{path} line {n}"
-    try:
-      entry = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise conversion.ConversionError(f"{where}: not valid JSON: {e}") from e
-    if not isinstance(entry, dict) or not isinstance(entry.get("clip_id"), str):
-      raise conversion.ConversionError(f"{where}: expected an object with a string clip_id")
-    clip = entry["clip_id"]
-
-    def fail(what, clip=clip, where=where):
-      return conversion.ConversionError(f"clip {clip!r} ({where}): {what}")
-
-    unknown = sorted(set(entry) - MANIFEST_KEYS)
-    if unknown:
-      raise fail(f"unknown keys {unknown}; known: {sorted(MANIFEST_KEYS)}")
-    if clip in seen:
-      raise fail(f"clip id also on line {seen[clip]}")
-    seen[clip] = n
-    for key in ("pose", "pose_fps", "skeleton"):
-      if key not in entry:
-        raise fail(f"missing key {key!r}")
-    if entry["skeleton"] not in skeletons.SKELETONS:
-      raise fail(f"unknown skeleton {entry['skeleton']!r}; known: "
-                 f"{', '.join(skeletons.SKELETONS)}")
-    fps = entry["pose_fps"]
-    if not isinstance(fps, (int, float)) or not fps > 0:
-      raise fail(f"pose_fps must be a number > 0, got {fps!r}")
-    pose_path = os.path.join(root, entry["pose"])
-    if not os.path.isfile(pose_path):
-      raise fail(f"pose file {pose_path} not found")
-    video_path = rate = None
-    if entry.get("video") is not None:
-      video_path = os.path.join(root, entry["video"])
-      rate = entry.get("video_rate_hz")
-      if not isinstance(rate, (int, float)) or not rate > 0:
-        raise fail(f"video_rate_hz must be a number > 0 when video is given, got {rate!r}")
-      if not os.path.isfile(video_path):
-        raise fail(f"video file {video_path} not found")
-    language = entry.get("language")
-    if language is not None and not isinstance(language, dict):
-      raise fail("language must be an object")
-    label = entry.get("label")
-    if label is not None and not isinstance(label, str):
-      raise fail(f"label must be a class name string, got {label!r}")
-    specs.append(ClipSpec(clip, pose_path, float(fps), entry["skeleton"], video_path,
-                          None if rate is None else float(rate),
-                          clip_text(language, text_fields), label))
-  if not specs:
-    raise conversion.ConversionError(f"{path}: no clips")
-  skels = collections.Counter(s.skeleton for s in specs)
-  if len(skels) > 1:
-    example = {k: next(s.clip_id for s in specs if s.skeleton == k) for k in skels}
-    raise conversion.ConversionError(
-        f"{path}: clips use several skeletons {dict(skels)} (e.g. {example}); a dataset has one "
-        "joint layout, convert them separately")
-  return specs
-
-
-def _load_array(spec: ClipSpec, path: str, what: str) -> np.ndarray:
-  try:
-    array = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise conversion.clip_error(spec.clip_id, path, f"cannot read {what} as .npy: {e}") from e
-  if not np.issubdtype(array.dtype, np.number):
-    raise conversion.clip_error(spec.clip_id, path, f"{what} is not numeric ({array.dtype})")
-  return array.astype(np.float64)
 
 
 def make_clip(task) -> conversion.ClipResult:
@@ -178,27 +71,11 @@ def make_clip(task) -> conversion.ClipResult:
   info = settings.info
   skel = skeletons.get_skeleton(spec.skeleton)
   result = conversion.ClipResult()
-  pose = _load_array(spec, spec.pose_path, "pose")
-  if pose.ndim != 3 or pose.shape[1:] != (skel.num_joints, 3) or len(pose) < 2:
-    raise conversion.clip_error(
-        spec.clip_id, spec.pose_path, f"pose has shape {pose.shape}, expected [T >= 2, "
-        f"{skel.num_joints}, 3] for skeleton {skel.name!r}")
-  if np.isinf(pose).any():
-    raise conversion.clip_error(spec.clip_id, spec.pose_path, "pose has infinite values")
-  video = None
-  if spec.video_path is not None:
-    video = _load_array(spec, spec.video_path, "video features")
-    if video.ndim != 2 or video.shape[1] != info.video_dim or not len(video):
-      raise conversion.clip_error(spec.clip_id, spec.video_path,
-                                  f"video features have shape {video.shape}, expected "
-                                  f"[T_v >= 1, {info.video_dim}]")
-    if not np.isfinite(video).all():
-      raise conversion.clip_error(spec.clip_id, spec.video_path,
-                                  "video features have non-finite values")
-
+  pose = fimad.load_pose(spec)
+  video = None if spec.video_path is None else fimad.load_video(spec, info.video_dim)
   times = np.arange(len(pose)) / spec.pose_fps
-  t_grid = conversion.grid(times[-1], info.imu_rate_hz)
-  positions = conversion.resample_positions(times, conversion.to_z_up(pose, settings.up), t_grid,
+  t_grid = resampling.grid(times[-1], info.imu_rate_hz)
+  positions = conversion.resample_positions(times, geometry.to_z_up(pose, settings.up), t_grid,
                                             settings.max_gap_s)
   window = info.imu_window
   total = len(t_grid) // window
@@ -235,11 +112,11 @@ def make_clip(task) -> conversion.ClipResult:
 def build(manifest: str, split_file: str, out_dir: str, *, data_root: str | None = None,
           workers: int | None = None, records_per_shard: int = 256,
           up=(0.0, 0.0, 1.0), skip_unsplit: bool = False, max_gap_s: float = 0.3,
-          smoothing_s: float = 0.2, text_fields=TEXT_FIELDS, class_names=None,
+          smoothing_s: float = 0.2, text_fields=fimad.TEXT_FIELDS, class_names=None,
           imu_locations=virtual_imu.SENSOR_LOCATIONS, name: str = "fimad",
           log=print) -> conversion.Report:
   """Converts the manifest's clips into out_dir (module docstring)."""
-  specs = read_manifest(manifest, data_root, tuple(text_fields))
+  specs = fimad.read_manifest(manifest, data_root, tuple(text_fields))
   clip_split = fimad_split.load_split(split_file)
   unsplit = [s.clip_id for s in specs if s.clip_id not in clip_split]
   if unsplit and not skip_unsplit:
@@ -307,13 +184,14 @@ def define_flags():
   flags.DEFINE_float("max_gap_s", 0.3, "Longest time between two valid frames of a joint that "
                      "is interpolated; windows across longer gaps are dropped.")
   flags.DEFINE_float("smoothing_s", 0.2, "Virtual IMU smoothing window (s).")
-  flags.DEFINE_list("text_fields", list(TEXT_FIELDS), "Language fields joined into the text.")
+  flags.DEFINE_list("text_fields", list(fimad.TEXT_FIELDS), "Language fields joined into the text.")
   flags.DEFINE_list("class_names", None, "Class names in label order (default: sorted labels).")
   flags.DEFINE_list("imu_locations", list(virtual_imu.SENSOR_LOCATIONS), "Sensor locations.")
 
 
 def main(argv):
   del argv
+  console.setup()
   build(FLAGS.manifest, FLAGS.split_file, FLAGS.out_dir, data_root=FLAGS.data_root,
         workers=FLAGS.workers, records_per_shard=FLAGS.records_per_shard,
         up=tuple(float(v) for v in FLAGS.up), skip_unsplit=FLAGS.skip_unsplit,

@@ -4,52 +4,23 @@ r"""Converts MM-Fit (real smartwatch IMU, estimated 3D pose, exercise labels) to
       [--labels_dir=../shared/data/mmfit_labels] [--workouts=w01,w14] [--unlabelled=keep] \
       [--simulated_locations=true] [--workers=N]
 
-MM-Fit's official layout, one folder per workout wXX (Stromback et al., IMWUT 2020). Sources:
-[EDA] KDMStromback/mm-fit EDA.ipynb, [DS] its utils/dataset.py, [TR] its train_multimodal_ar.py,
-[U] utils/utils.py (in the fork quanghuy0497/MM-Fit_Excercise_Recognition), [HR] measured
-here on the real wXX_sw_{l,r}_hr.npy in ../shared/data/mmfit_labels.
-  wXX_{dev}_{acc,gyr}.npy  (N, 5): frame, timestamp (ms), x, y, z [EDA; DS reads column 1 as
-      ms and 2: as xyz]. dev: sw_l / sw_r = smartwatch (Mobvoi TicWatch Pro) on the left /
-      right wrist, 100 Hz [EDA]; sp_{l,r} smartphones, eb_l earbud (others' rates differ).
-      "Each data point is associated with a frame from the left RGB-D camera ... The
-      Timestamp column contains the synchronized timestamp" [EDA]. Units are not documented:
-      the watches are Wear OS devices, whose Android sensor API reports m/s^2 (gravity
-      included) and rad/s. We check rather than trust: |acc| must have a median near 9.8
-      (read as m/s^2) or near 1 (read as g and converted; anything else stops the run); gyro
-      is --gyr_units (default rad/s), and a 99.9th percentile above 35 rad/s stops the run.
-  wXX_pose_3d.npy  (3, N, 1 + 17): x/y/z planes; column 0 the frame number, then the
-      Human3.6M 17 joints [EDA: "Human3.6M keypoint model, 17 joints"; DS: frame =
-      data[0, i, 0], joints = data[:, i:i+L, 1:]]. [EDA]'s table says (3 x N x 33), which
-      contradicts its own 17-joint description and [DS]; code run on the real files reads
-      (3, N, 18) float64 (GitHub search, third-party analysis scripts). Joint order: the
-      standard Human3.6M-17 order (skeletons.H36M17: 1 right hip, 11 left shoulder), which
-      3D lifters output; [EDA] lists the same 17 names mirrored (1 "Left Hip", 11 "Right
-      Shoulder"), a mirror-image labelling also seen in other H36M code. --pose_joint_order=eda
-      takes [EDA] literally.
-      Because this decides which simulated side is which, every workout's report has a
-      handedness check: the correlation of each real watch's |gyr| with the simulated left
-      and right wrist (a warning is logged when the other side fits clearly better). Units and
-      vertical are not documented either: metres vs millimetres is detected from the median
-      thigh length (0.1-1.0 m or 100-1000 mm, else the run stops); the vertical is --pose_up
-      (default +z, as third-party code on the real files found), checked: the head must be
-      above the pelvis in the median frame.
-  wXX_labels.csv  start_frame, end_frame, reps, exercise; no header [U; TR]; frames of the pose
-      timeline; outside the sets the class is 'non_activity' [DS; TR].
-  Splits [EDA; TR]: train w01-w04, w06-w08, w16-w18; val w14, w15, w19; test w09-w11;
-      unseen_test w00, w05, w12, w13, w20 (cross-subject).
-
-Frame numbers are not a clock [HR]: over a workout the camera gives 33.3-38.7 ms per frame
-(w13 the slowest), locally 32-60 ms, and a linear frame -> time fit misses by up to 32 s.
-So every pose frame and label boundary gets its time from the sensor rows associated with it
-(`frame_clock`, from the acc file of the first device of --devices present), linearly
-interpolated between frames; frames outside the sensor's range get no time (pose) or 1/30 s
-steps from the nearest timed frame (label boundaries). t = 0 is the first moment covered by
-the pose and every present device; the 50 Hz grid, the windows and the real sensors all use
-this axis.
+MM-Fit's official layout, its units and its clock: `mujo_jax.sources.mmfit` (its docstring
+has the sources). Frame numbers are not a clock, so every pose frame and label boundary gets
+its time from the sensor rows associated with it (`mmfit.frame_clock`, from the acc file of
+the first device of --devices present), linearly interpolated between frames; frames outside
+the sensor's range get no time (pose) or 1/30 s steps from the nearest timed frame (label
+boundaries). t = 0 is the first moment covered by the pose and every present device; the
+50 Hz grid, the windows and the real sensors all use this axis. A watch's units are checked
+(`mmfit.imu_units`: acc m/s^2 or g from the median |acc|; gyro --gyr_units, default rad/s,
+checked against a 99.9th percentile limit); the pose's vertical is --pose_up (default +z) and
+its joint order --pose_joint_order (h36m, or the mirrored names of MM-Fit's EDA notebook).
+Because the joint order decides which simulated side is which, every workout's report has a
+handedness check: the correlation of each real watch's |gyr| with the simulated left and
+right wrist (a warning is logged when the other side fits clearly better).
 
 Per workout (one clip, clip_id wXX): pose -> millimetres converted to metres if so, h36m17
 order, +z up, spline-resampled to the grid (gaps > --max_gap_s unusable); each real device
--> SI units, 20 Hz zero-phase low-pass, linear interpolation to the grid, in its own axes
+-> SI units, resampled to the grid (`resampling.resample_stream`), in its own axes
 at its location (sw_l -> left_wrist, sw_r -> right_wrist, --devices); the other locations
 simulated from the pose (mask as in convert_utd_mhad: --simulated_locations=true marks them
 available, false zeroes them with mask 0); a missing device file makes its location one of
@@ -58,15 +29,14 @@ every present device are usable throughout. Label: the set's exercise when the w
 inside one set; a window overlapping a set boundary is mixed and dropped; a window outside
 every set is kept with label -1 and no text (--unlabelled=keep), dropped (drop), or labelled
 with an appended "non_activity" class, like MM-Fit's own 11-class setup (class). Classes: the
-ten of motion.EXERCISES (MM-Fit's names; its "bicep_curls" is "dumbbell_biceps_curls"), so a
-model pretrained on the demo data shares them. Text: one of text.DESCRIPTIONS[exercise],
-chosen by window index.
+ten of mmfit.CLASS_NAMES (motion.EXERCISES; MM-Fit's "bicep_curls" is
+"dumbbell_biceps_curls"), so a model pretrained on the demo data shares them. Text: one of
+text.DESCRIPTIONS[exercise], chosen by window index.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import os
 import re
@@ -78,28 +48,15 @@ import numpy as np
 
 from data_prep import conversion
 from data_prep import text
+from mujo_jax import console
 from mujo_jax import records
-from mujo_jax.sim import motion
 from mujo_jax.sim import skeletons
 from mujo_jax.sim import virtual_imu
-from mujo_jax import units
+from mujo_jax.sources import mmfit
+from mujo_jax.sources import resampling
 
-SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("w01", "w02", "w03", "w04", "w06", "w07", "w08", "w16", "w17", "w18"),
-    "val": ("w14", "w15", "w19"),
-    "test": ("w09", "w10", "w11"),
-    "unseen_test": ("w00", "w05", "w12", "w13", "w20"),
-}
 DEVICES = {"sw_l": "left_wrist", "sw_r": "right_wrist"}
-CLASS_NAMES = motion.EXERCISES
 NON_ACTIVITY = "non_activity"
-EXERCISE_NAMES = {"bicep_curls": "dumbbell_biceps_curls"}  # MM-Fit name -> CLASS_NAMES
-# Human3.6M-17 joints as [EDA] names them: skeletons.H36M17 with left and right swapped.
-EDA_ORDER = tuple(n.replace("left_", "@").replace("right_", "left_").replace("@", "right_")
-                  for n in skeletons.H36M17.joint_names)
-FRAME_S = 1.0 / 30.0  # nominal camera frame period, only to time label frames off the sensor range
-LOWPASS_FRACTION = 0.4  # low-pass cut-off as a fraction of imu_rate_hz (20 Hz at 50 Hz)
-MAX_GYR_RAD_S = 35.0
 SKELETON = "h36m17"
 _WORKOUT = re.compile(r"^w\d\d$")
 
@@ -117,151 +74,6 @@ class Settings:
   smoothing_s: float
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelledSet:
-  start_frame: int
-  end_frame: int
-  reps: int
-  exercise: str  # a CLASS_NAMES entry
-
-
-def read_labels(path: str) -> list[LabelledSet]:
-  """wXX_labels.csv -> its sets (exercise names mapped to CLASS_NAMES); errors name the line."""
-  sets = []
-  with open(path, newline="") as f:
-    for n, row in enumerate(csv.reader(f), 1):
-      if not row or not "".join(row).strip():
-        continue
-      try:
-        start, end, reps, name = int(row[0]), int(row[1]), int(row[2]), row[3].strip()
-      except (ValueError, IndexError) as e:
-        raise conversion.ConversionError(f"{path} line {n}: expected start_frame,end_frame,"
-                                         f"reps,exercise, got {row}") from e
-      exercise = EXERCISE_NAMES.get(name, name)
-      if exercise not in CLASS_NAMES:
-        raise conversion.ConversionError(f"{path} line {n}: unknown exercise {name!r}")
-      if end < start:
-        raise conversion.ConversionError(f"{path} line {n}: end_frame {end} < start_frame "
-                                         f"{start}")
-      sets.append(LabelledSet(start, end, reps, exercise))
-  return sets
-
-
-def _load(workout: str, path: str, what: str) -> np.ndarray:
-  try:
-    array = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise conversion.clip_error(workout, path, f"cannot read {what} as .npy: {e}") from e
-  if not np.issubdtype(array.dtype, np.number):
-    raise conversion.clip_error(workout, path, f"{what} is not numeric ({array.dtype})")
-  return array.astype(np.float64)
-
-
-def load_stream(workout: str, path: str) -> np.ndarray:
-  """A sensor file -> [N, 5] (frame, timestamp ms, x, y, z) sorted by timestamp."""
-  data = _load(workout, path, "sensor data")
-  if data.ndim != 2 or data.shape[1] != 5 or len(data) < 2:
-    raise conversion.clip_error(workout, path, f"sensor data has shape {data.shape}, expected "
-                                "(N >= 2, 5): frame, timestamp (ms), x, y, z")
-  if not np.isfinite(data[:, :2]).all():
-    raise conversion.clip_error(workout, path, "non-finite frame or timestamp")
-  return data[np.argsort(data[:, 1], kind="stable")]
-
-
-def frame_clock(stream: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-  """(frames, times_ms, fixes) of a sensor stream [N, 5] sorted by timestamp.
-
-  A frame's time is its earliest sensor row's timestamp minus half the median sample
-  interval: the rows of a frame start within one sample interval after the frame, so this is
-  unbiased to +-half an interval (+-5 ms at 100 Hz). Times are made non-decreasing in frame
-  order; `fixes` counts the frames that needed it.
-  """
-  frames, first = np.unique(stream[:, 0], return_index=True)
-  steps = np.diff(stream[:, 1])
-  half = 0.5 * float(np.median(steps[steps > 0])) if (steps > 0).any() else 0.0
-  times = stream[first, 1] - half   # rows are sorted by time: a frame's first row is its earliest
-  monotone = np.maximum.accumulate(times)
-  return frames, monotone, int(np.count_nonzero(monotone != times))
-
-
-def frame_times(frames: np.ndarray, clock: tuple[np.ndarray, np.ndarray, int],
-                extrapolate: bool = False) -> np.ndarray:
-  """Times (ms) of frame numbers; NaN outside the clock's range unless `extrapolate`
-  (then FRAME_S steps from the nearest timed frame)."""
-  known, times, _ = clock
-  out = np.interp(frames, known, times)
-  before, after = frames < known[0], frames > known[-1]
-  if extrapolate:
-    out[before] = times[0] - (known[0] - frames[before]) * FRAME_S * 1000
-    out[after] = times[-1] + (frames[after] - known[-1]) * FRAME_S * 1000
-  else:
-    out[before | after] = np.nan
-  return out
-
-
-def set_spans_ms(sets: list[LabelledSet], clock: tuple[np.ndarray, np.ndarray, int]
-                 ) -> np.ndarray:
-  """[n, 2] start and end times (ms) of the sets: set i spans [start_frame, end_frame + 1)
-  of the pose timeline, frame times from `clock`, extrapolated past its ends. The records
-  written here and the downstream adapter label time with this one definition."""
-  bounds = np.array([[s.start_frame, s.end_frame + 1] for s in sets], np.float64).reshape(-1, 2)
-  return frame_times(bounds.ravel(), clock, extrapolate=True).reshape(-1, 2)
-
-
-def load_pose(workout: str, path: str, settings: Settings) -> tuple[np.ndarray, np.ndarray, dict]:
-  """wXX_pose_3d.npy -> (frames [N], positions [N, 17, 3] metres, h36m17 order, z up, facts)."""
-  data = _load(workout, path, "pose")
-  if data.ndim != 3 or data.shape[0] != 3 or data.shape[2] != 18 or data.shape[1] < 2:
-    raise conversion.clip_error(workout, path, f"pose_3d has shape {data.shape}, expected "
-                                "(3, N >= 2, 18): x/y/z planes of frame number + 17 H36M joints")
-  frames = data[0, :, 0]
-  if not (np.isfinite(frames).all() and (np.diff(frames) > 0).all()):
-    raise conversion.clip_error(workout, path, "frame numbers (pose_3d[0, :, 0]) must be finite "
-                                "and increasing")
-  joints = np.transpose(data[:, :, 1:], (1, 2, 0))                 # [N, 17, 3]
-  if settings.pose_joint_order == "eda":
-    joints = joints[:, [EDA_ORDER.index(n) for n in skeletons.H36M17.joint_names]]
-  skel = skeletons.H36M17
-  thigh = np.nanmedian(np.concatenate([
-      np.linalg.norm(joints[:, skel.index(f"{s}_knee")] - joints[:, skel.index(f"{s}_hip")],
-                     axis=-1) for s in ("left", "right")]))
-  if 0.1 <= thigh <= 1.0:
-    units = "m"
-  elif 100 <= thigh <= 1000:
-    units, joints = "mm", joints / 1000.0
-  else:
-    raise conversion.clip_error(workout, path, f"median thigh length {thigh:.4g} fits neither "
-                                "metres (0.1-1.0) nor millimetres (100-1000)")
-  joints = conversion.to_z_up(joints, settings.pose_up)
-  height = np.nanmedian(joints[:, skel.index("head"), 2] - joints[:, skel.index("pelvis"), 2])
-  if not height > 0:
-    raise conversion.clip_error(workout, path, f"the head is not above the pelvis along "
-                                f"--pose_up={list(settings.pose_up)} (median {height:.3g} m): "
-                                "wrong vertical?")
-  return frames, joints, {"pose_units": units, "median_thigh_m": round(float(
-      thigh / (1000 if units == "mm" else 1)), 3)}
-
-
-def real_imu(workout: str, acc: np.ndarray, gyr: np.ndarray, paths: tuple[str, str],
-             settings: Settings) -> tuple[np.ndarray, np.ndarray, str]:
-  """Unit checks and conversion -> (acc xyz m/s^2, gyr xyz rad/s, acc units read)."""
-  magnitude = float(np.nanmedian(np.linalg.norm(acc[:, 2:], axis=1)))
-  if 7.0 <= magnitude <= 12.5:
-    acc_units, acc_xyz = "m/s^2", acc[:, 2:]
-  elif 0.7 <= magnitude <= 1.3:
-    acc_units, acc_xyz = "g", units.g_to_ms2(acc[:, 2:])
-  else:
-    raise conversion.clip_error(workout, paths[0], f"median |acc| {magnitude:.3g} fits neither "
-                                "m/s^2 (~9.8) nor g (~1)")
-  gyr_xyz = gyr[:, 2:] * (np.pi / 180 if settings.gyr_units == "deg/s" else 1.0)
-  peak = float(np.nanpercentile(np.linalg.norm(gyr_xyz, axis=1), 99.9))
-  if peak > MAX_GYR_RAD_S:
-    raise conversion.clip_error(workout, paths[1], f"99.9th percentile |gyr| is {peak:.3g} rad/s "
-                                f"reading it as {settings.gyr_units}: deg/s data? "
-                                "(--gyr_units)")
-  return acc_xyz, gyr_xyz, acc_units
-
-
 def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
   if len(a) < 3 or a.std() == 0 or b.std() == 0:
     return None
@@ -274,14 +86,15 @@ def make_clip(task) -> conversion.ClipResult:
   info = settings.info
   result = conversion.ClipResult()
   details: dict = {"clip_id": workout}
-  sets = read_labels(files["labels"])
-  frames, joints, facts = load_pose(workout, files["pose"], settings)
+  sets = mmfit.read_labels(files["labels"])
+  frames, joints, facts = mmfit.load_pose(workout, files["pose"], settings.pose_joint_order,
+                                          settings.pose_up, up_option="--pose_up")
   details.update(facts)
   streams = {}
   for device, _ in settings.devices:
     if files.get(f"{device}_acc") and files.get(f"{device}_gyr"):
-      streams[device] = (load_stream(workout, files[f"{device}_acc"]),
-                         load_stream(workout, files[f"{device}_gyr"]))
+      streams[device] = (mmfit.load_stream(workout, files[f"{device}_acc"]),
+                         mmfit.load_stream(workout, files[f"{device}_gyr"]))
   missing = [d for d, _ in settings.devices if d not in streams]
   if missing:
     details["devices_missing"] = missing
@@ -289,10 +102,10 @@ def make_clip(task) -> conversion.ClipResult:
   if not streams:
     raise conversion.clip_error(workout, files["pose"], "no sensor stream of "
                                 f"{[d for d, _ in settings.devices]} to time the pose frames")
-  clock = frame_clock(next(iter(streams.values()))[0])
+  clock = mmfit.frame_clock(next(iter(streams.values()))[0])
   if clock[2]:
     details["frame_clock_fixes"] = clock[2]
-  pose_ms = frame_times(frames, clock)
+  pose_ms = mmfit.frame_times(frames, clock)
   timed = np.isfinite(pose_ms)
   index = np.flatnonzero(timed)
   timed[index[1:][np.diff(pose_ms[index]) <= 0]] = False  # two frames at one time: keep the first
@@ -304,7 +117,7 @@ def make_clip(task) -> conversion.ClipResult:
   pose_t = (pose_ms[timed] - t0_ms) / 1000.0
   if pose_t[-1] <= 0:
     raise conversion.clip_error(workout, files["pose"], "the pose ends before the sensors start")
-  t_grid = conversion.grid(pose_t[-1], info.imu_rate_hz)
+  t_grid = resampling.grid(pose_t[-1], info.imu_rate_hz)
   positions = conversion.resample_positions(pose_t, joints[timed], t_grid, settings.max_gap_s)
   usable = np.isfinite(positions).all(axis=(1, 2))
 
@@ -313,15 +126,15 @@ def make_clip(task) -> conversion.ClipResult:
     if device not in streams:
       continue
     acc, gyr = streams[device]
-    acc_xyz, gyr_xyz, acc_units = real_imu(
-        workout, acc, gyr, (files[f"{device}_acc"], files[f"{device}_gyr"]), settings)
+    acc_xyz, gyr_xyz, acc_units = mmfit.imu_units(
+        workout, acc, gyr, (files[f"{device}_acc"], files[f"{device}_gyr"]), settings.gyr_units,
+        gyr_option="--gyr_units")
     details.setdefault("acc_units", {})[device] = acc_units
-    lowpass = LOWPASS_FRACTION * info.imu_rate_hz
     values = np.concatenate([
-        conversion.resample_stream((acc[:, 1] - t0_ms) / 1000, acc_xyz, t_grid,
-                                   settings.max_gap_s, lowpass),
-        conversion.resample_stream((gyr[:, 1] - t0_ms) / 1000, gyr_xyz, t_grid,
-                                   settings.max_gap_s, lowpass)], axis=1)
+        resampling.resample_stream((acc[:, 1] - t0_ms) / 1000, acc_xyz, t_grid,
+                                   settings.max_gap_s),
+        resampling.resample_stream((gyr[:, 1] - t0_ms) / 1000, gyr_xyz, t_grid,
+                                   settings.max_gap_s)], axis=1)
     real[location] = values
     usable &= np.isfinite(values).all(axis=1)
 
@@ -332,7 +145,7 @@ def make_clip(task) -> conversion.ClipResult:
   result.counts["windows_dropped_pose_or_imu_gap"] += total - len(kept)
 
   # Labels: set i spans [start, end + 1 frame) on the time axis.
-  set_t = (set_spans_ms(sets, clock) - t0_ms) / 1000
+  set_t = (mmfit.set_spans_ms(sets, clock) - t0_ms) / 1000
   labelled: dict[int, int] = {}
   for w in kept:
     a, b = w * info.window_s, (w + 1) * info.window_s
@@ -428,14 +241,15 @@ def build(mmfit_dir: str, out_dir: str, *, labels_dir: str | None = None, workou
           devices=tuple(DEVICES.items()), simulated_locations: bool = True,
           unlabelled: str = "keep", pose_joint_order: str = "h36m", pose_up=(0.0, 0.0, 1.0),
           gyr_units: str = "rad/s", max_gap_s: float = 0.3, smoothing_s: float = 0.3,
-          splits=SPLITS, imu_locations=virtual_imu.SENSOR_LOCATIONS, workers: int | None = None,
+          splits=mmfit.SPLITS, imu_locations=virtual_imu.SENSOR_LOCATIONS,
+          workers: int | None = None,
           records_per_shard: int = 256, log=print) -> conversion.Report:
   """Converts the workouts under mmfit_dir into out_dir (module docstring)."""
   if unlabelled not in ("keep", "drop", "class"):
     raise ValueError(f"unlabelled must be keep, drop or class, got {unlabelled!r}")
-  if pose_joint_order not in ("h36m", "eda"):
+  if pose_joint_order not in mmfit.JOINT_ORDERS:
     raise ValueError(f"pose_joint_order must be h36m or eda, got {pose_joint_order!r}")
-  if gyr_units not in ("rad/s", "deg/s"):
+  if gyr_units not in mmfit.GYR_UNITS:
     raise ValueError(f"gyr_units must be rad/s or deg/s, got {gyr_units!r}")
   devices = tuple((d, loc) for d, loc in devices)
   for device, location in devices:
@@ -456,7 +270,7 @@ def build(mmfit_dir: str, out_dir: str, *, labels_dir: str | None = None, workou
   unsplit = [w for w in found if w not in owner]
   if unsplit:
     raise conversion.ConversionError(f"workouts {unsplit} are in no split of {dict(splits)}")
-  class_names = CLASS_NAMES + ((NON_ACTIVITY,) if unlabelled == "class" else ())
+  class_names = mmfit.CLASS_NAMES + ((NON_ACTIVITY,) if unlabelled == "class" else ())
   tokenizer = text.load_tokenizer()
   others = "simulated, mask 1" if simulated_locations else "zero, mask 0"
   info = records.DatasetInfo(
@@ -471,7 +285,7 @@ def build(mmfit_dir: str, out_dir: str, *, labels_dir: str | None = None, workou
               + f"; other locations {others}"
               f"; unlabelled windows: {unlabelled}"))
   tokens = {}
-  for exercise in CLASS_NAMES:
+  for exercise in mmfit.CLASS_NAMES:
     ids, lens = text.tokenize(tokenizer, text.DESCRIPTIONS[exercise], info.text_len)
     tokens[exercise] = (ids, lens)
   settings = Settings(info, devices, simulated_locations, unlabelled, pose_joint_order,
@@ -518,6 +332,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  console.setup()
   devices = []
   for item in FLAGS.devices:
     device, _, location = item.partition(":")

@@ -47,10 +47,12 @@ import numpy as np
 
 from data_prep import conversion
 from data_prep import text
-from data_prep import utd_mhad
+from mujo_jax import console
 from mujo_jax import records
 from mujo_jax.sim import skeletons
 from mujo_jax.sim import virtual_imu
+from mujo_jax.sources import geometry
+from mujo_jax.sources import utd_mhad
 
 SKELETON = "kinect_v1_20"
 SMOOTHING_S = 0.3
@@ -111,7 +113,7 @@ def make_clip(task) -> conversion.ClipResult:
   fps = utd_mhad.aligned_fps(len(skel), len(real))
   t_grid = np.arange(len(real)) / utd_mhad.INERTIAL_HZ
   positions = conversion.resample_positions(np.arange(len(skel)) / fps,
-                                            conversion.to_z_up(skel, utd_mhad.UP), t_grid,
+                                            geometry.to_z_up(skel, utd_mhad.UP), t_grid,
                                             max_gap_s=1.0)
   # The skeleton's last frame lies one skeleton frame before the inertial recording ends:
   # hold it over those last few grid samples.
@@ -229,6 +231,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  console.setup()
   build(FLAGS.utd_mhad_dir, FLAGS.out_dir, simulated_locations=FLAGS.simulated_locations,
         splits=parse_splits(FLAGS.splits),
         subjects=[int(s) for s in FLAGS.subjects] if FLAGS.subjects else None,

@@ -23,10 +23,12 @@ import time
 from absl import app
 from absl import flags
 import numpy as np
+import threadpoolctl
 
 from data_prep.dataset_writer import DatasetWriter
 from data_prep import fimad_split
 from data_prep import text
+from mujo_jax import console
 from mujo_jax import records
 from mujo_jax.sim import motion
 from mujo_jax.sim.skeletons import get_skeleton
@@ -100,6 +102,15 @@ def define_flags():
   flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
 
 
+def _one_blas_thread() -> None:
+  """Pool worker start-up: clips run in parallel, so each worker's BLAS gets one thread.
+
+  The per-clip matrices are small; BLAS threads of several workers on few cores
+  spend more time waiting for each other than computing.
+  """
+  threadpoolctl.threadpool_limits(1)
+
+
 def build(out_dir: str, seed: int = 0, clips_per_exercise: int = 30, val_fraction: float = 0.2,
           clip_seconds=(15.0, 35.0), imu_locations=virtual_imu.SENSOR_LOCATIONS,
           split_file: str | None = None, workers: int | None = None,
@@ -134,7 +145,8 @@ def build(out_dir: str, seed: int = 0, clips_per_exercise: int = 30, val_fractio
       if done % 50 == 0 or done == len(tasks):
         log(f"make_demo: {done}/{len(tasks)} clips ({time.time() - start:.0f} s)")
 
-  with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count()) as pool:
+  with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count(),
+                                                 initializer=_one_blas_thread) as pool:
     for split in sorted(set(clip_split.values())):
       writer.write_split(split, stream([t for t, c in zip(tasks, clip_split.values())
                                         if c == split]))
@@ -148,6 +160,7 @@ def build(out_dir: str, seed: int = 0, clips_per_exercise: int = 30, val_fractio
 
 def main(argv):
   del argv
+  console.setup()
   build(FLAGS.out_dir, FLAGS.seed, FLAGS.clips_per_exercise, FLAGS.val_fraction,
         tuple(float(s) for s in FLAGS.clip_seconds), tuple(FLAGS.imu_locations),
         FLAGS.split_file, FLAGS.workers, FLAGS.records_per_shard)

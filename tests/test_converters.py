@@ -17,12 +17,14 @@ from data_prep import convert_fimad
 from data_prep import convert_mmfit
 from data_prep import convert_utd_mhad
 from data_prep import text
-from data_prep import utd_mhad
 from mujo_jax import input_pipeline
 from mujo_jax import records
 from mujo_jax.sim import motion
 from mujo_jax.sim import skeletons
 from mujo_jax.sim import virtual_imu
+from mujo_jax.sources import geometry
+from mujo_jax.sources import mmfit
+from mujo_jax.sources import utd_mhad
 from mujo_jax import tfrecord
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -49,7 +51,7 @@ def decode_text(batch, i):
 
 def test_rotation_to_z_up_and_resampling_gaps():
   for up in ((0, 0, 1), (0, 1, 0), (0, -1, 0), (0, 0, -1), (1, 2, 3)):
-    r = conversion.rotation_to_z_up(up)
+    r = geometry.rotation_to_z_up(up)
     np.testing.assert_allclose(r @ (np.array(up) / np.linalg.norm(up)), [0, 0, 1], atol=1e-12)
     np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
     assert np.linalg.det(r) == pytest.approx(1.0)
@@ -165,7 +167,7 @@ def test_fimad_up_flag(tmp_path):
   clips = (("squats", 6.0, "train"), ("situps", 6.0, "val"))
   manifest, split_file = make_fimad_source(tmp_path / "z", clips)
   manifest_y, _ = make_fimad_source(tmp_path / "y", clips)
-  to_camera = np.linalg.inv(conversion.rotation_to_z_up((0, -1, 0)))
+  to_camera = np.linalg.inv(geometry.rotation_to_z_up((0, -1, 0)))
   for name in os.listdir(tmp_path / "y" / "pose"):
     path = tmp_path / "y" / "pose" / name
     np.save(path, np.load(path) @ to_camera.T)
@@ -376,7 +378,7 @@ def test_mmfit_windows_labels_splits_units(tmp_path):
       inside = [n for s, e, n in set_times if s <= a and z <= e]
       touching = [n for s, e, n in set_times if s < z and a < e]
       if inside:
-        expected[w] = motion.EXERCISES.index(convert_mmfit.EXERCISE_NAMES.get(inside[0],
+        expected[w] = motion.EXERCISES.index(mmfit.EXERCISE_NAMES.get(inside[0],
                                                                                inside[0]))
       elif not touching:
         expected[w] = -1
@@ -454,7 +456,7 @@ def test_mmfit_bad_units_and_layout_stop_with_the_file(tmp_path):
 
 def test_mmfit_eda_joint_order_is_the_mirror_of_h36m():
   skel = skeletons.H36M17
-  assert convert_mmfit.EDA_ORDER[1] == "left_hip" and convert_mmfit.EDA_ORDER[11] == \
-      "right_shoulder" and convert_mmfit.EDA_ORDER[0] == "pelvis"
-  assert sorted(convert_mmfit.EDA_ORDER) == sorted(skel.joint_names)
+  assert mmfit.EDA_ORDER[1] == "left_hip" and mmfit.EDA_ORDER[11] == \
+      "right_shoulder" and mmfit.EDA_ORDER[0] == "pelvis"
+  assert sorted(mmfit.EDA_ORDER) == sorted(skel.joint_names)
   assert set(virtual_imu.SENSOR_LOCATIONS) >= set(convert_mmfit.DEVICES.values())

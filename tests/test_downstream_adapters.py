@@ -11,11 +11,12 @@ from mujo_jax.downstream import datasets
 from mujo_jax.downstream import mhealth
 from mujo_jax.downstream import motionsense
 from mujo_jax.downstream import myogym
-from mujo_jax.downstream import recordings
+from mujo_jax.sources import motionsense as motionsense_files
+from mujo_jax.sources import recording
 
 # -- MotionSense: A_DeviceMotion_data/<activity>_<trial>/sub_<n>.csv ------------------------------
 
-MOTIONSENSE_HEADER = "," + ",".join(motionsense.FEATURES) + "\n"
+MOTIONSENSE_HEADER = "," + ",".join(motionsense_files.FEATURES) + "\n"
 
 
 def motionsense_columns(file_index: int, n: int) -> np.ndarray:
@@ -54,7 +55,7 @@ def test_motionsense_reads_the_official_layout(tmp_path):
   rec = motionsense.load(str(tmp_path))
   lengths = [n for _, _, n in MOTIONSENSE_FILES]
   assert rec.x.shape == (sum(lengths), 15) and rec.x.dtype == np.float32
-  assert rec.channel_names[:6] == recordings.ACC_CHANNELS + recordings.GYR_CHANNELS
+  assert rec.channel_names[:6] == recording.ACC_CHANNELS + recording.GYR_CHANNELS
   assert rec.class_names == ("downstairs", "upstairs", "walking", "jogging", "standing",
                              "sitting")
   assert (rec.sample_rate_hz, rec.acc_unit, rec.gyr_unit) == (50.0, "g", "rad/s")
@@ -64,9 +65,9 @@ def test_motionsense_reads_the_official_layout(tmp_path):
     part = slice(starts[k], starts[k + 1])
     columns = motionsense_columns(k, n)
     # acc = -(gravity + userAcceleration): upright and still reads +1 g up along y.
-    np.testing.assert_allclose(rec.channels(recordings.ACC_CHANNELS)[part],
+    np.testing.assert_allclose(rec.channels(recording.ACC_CHANNELS)[part],
                                np.tile([-0.125 * k, 1.0, 0.25], (n, 1)), atol=1e-6)
-    np.testing.assert_allclose(rec.channels(recordings.GYR_CHANNELS)[part], columns[:, 6:9],
+    np.testing.assert_allclose(rec.channels(recording.GYR_CHANNELS)[part], columns[:, 6:9],
                                atol=1e-6)
     np.testing.assert_allclose(rec.channels(("attitude_yaw", "gravity_y", "user_acc_x"))[part],
                                columns[:, [2, 4, 9]], atol=1e-6)
@@ -85,7 +86,7 @@ def test_motionsense_activity_subset_and_user_acceleration(tmp_path):
   assert len(rec.x) == 120 + 100 + 80
   np.testing.assert_array_equal(np.unique(rec.y), [0, 1])
   assert not rec.acc_includes_gravity
-  np.testing.assert_allclose(rec.channels(recordings.ACC_CHANNELS)[-1], [-0.25, 0.0, 0.25])
+  np.testing.assert_allclose(rec.channels(recording.ACC_CHANNELS)[-1], [-0.25, 0.0, 0.25])
   assert any("skipped 1 files" in n for n in rec.notes)
   with pytest.raises(ValueError, match="activities"):
     motionsense.load(str(tmp_path), activities=("run",))
@@ -176,7 +177,7 @@ def test_mhealth_reads_the_wrist_sensor_by_default(tmp_path):
   rec = mhealth.load(str(tmp_path))          # the parent of MHEALTHDATASET
   n_total = sum(n for _, n in MHEALTH_SUBJECTS)
   assert rec.x.shape == (n_total, 9)
-  assert rec.channel_names == (recordings.ACC_CHANNELS + recordings.GYR_CHANNELS
+  assert rec.channel_names == (recording.ACC_CHANNELS + recording.GYR_CHANNELS
                                + ("mag_x", "mag_y", "mag_z"))
   assert (rec.sample_rate_hz, rec.acc_unit, rec.gyr_unit) == (50.0, "m/s^2", "deg/s")
   assert rec.acc_includes_gravity and rec.splits is None and rec.name == "mhealth"
@@ -207,7 +208,7 @@ def test_mhealth_other_sensors(tmp_path):
   np.testing.assert_allclose(ankle.channels(("acc_x", "gyr_x", "gyr_z"))[0], [105, 108, 110],
                              atol=1e-4)
   chest = mhealth.load(data_dir, sensor="chest")
-  assert chest.channel_names == recordings.ACC_CHANNELS + ("ecg_1", "ecg_2")
+  assert chest.channel_names == recording.ACC_CHANNELS + ("ecg_1", "ecg_2")
   assert not chest.has_gyroscope
   np.testing.assert_allclose(chest.x[0], [100, 101, 102, 103, 104], atol=1e-4)
   assert any("no gyroscope" in n for n in chest.notes)
@@ -248,8 +249,8 @@ def test_mhealth_errors_name_the_file(tmp_path):
 def test_mhealth_round_trip_through_the_generic_npz(tmp_path):
   rec = mhealth.load(write_mhealth(tmp_path / "raw"))
   path = str(tmp_path / "mhealth.npz")
-  recordings.save_npz(path, rec)
-  back = recordings.load_npz(path)
+  recording.save_npz(path, rec)
+  back = recording.load_npz(path)
   np.testing.assert_array_equal(back.x, rec.x)
   for key in ("y", "subject", "recording"):
     np.testing.assert_array_equal(getattr(back, key), getattr(rec, key))
@@ -293,13 +294,13 @@ def test_myogym_reads_the_mat_file(tmp_path):
   path = write_myogym(str(tmp_path))
   rec = myogym.load(path)
   assert rec.x.shape == (180, 14)        # 100 + 80 IMU samples; 20 + 16 repeats dropped
-  assert rec.channel_names == (recordings.ACC_CHANNELS + recordings.GYR_CHANNELS
+  assert rec.channel_names == (recording.ACC_CHANNELS + recording.GYR_CHANNELS
                                + tuple(f"emg_{i}" for i in range(8)))
   assert (rec.sample_rate_hz, rec.acc_unit, rec.gyr_unit) == (50.0, "g", "deg/s")
   assert rec.acc_includes_gravity and rec.splits is None and rec.name == "myogym"
   assert len(rec.class_names) == 30 and rec.class_names[6] == "bench press"
   k = np.concatenate([np.arange(100), np.arange(80)])
-  np.testing.assert_allclose(rec.channels(recordings.ACC_CHANNELS),
+  np.testing.assert_allclose(rec.channels(recording.ACC_CHANNELS),
                              np.stack([np.repeat([0.5, 1.0], [100, 80]), k / 2048,
                                        np.ones(180)], 1), atol=1e-6)
   np.testing.assert_allclose(rec.channels(("gyr_x", "gyr_z")),

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import scipy.io
 
-from data_prep import convert_mmfit
-from data_prep import utd_mhad as utd_files
 from mujo_jax.downstream import datasets
 from mujo_jax.downstream import mmfit
 from mujo_jax.downstream import utd_mhad
+from mujo_jax.sources import mmfit as mmfit_files
+from mujo_jax.sources import utd_mhad as utd_files
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 UTD_MHAD = os.path.join(SHARED, "utd_mhad")
@@ -173,7 +173,7 @@ def test_mmfit_labels_follow_the_frame_clock_and_values_the_timestamps(tmp_path)
   t_frames, t_start = write_workout(tmp_path, "w01", rng, n_frames=2100,
                                     labels="1213,1698,10,squats\n2310,2837,10,bicep_curls\n")
   rec = mmfit.load(str(tmp_path), workouts=["w01"])
-  assert rec.class_names == convert_mmfit.CLASS_NAMES and len(rec.class_names) == 10
+  assert rec.class_names == mmfit_files.CLASS_NAMES and len(rec.class_names) == 10
   assert (rec.sample_rate_hz, rec.acc_unit, rec.gyr_unit) == (100.0, "m/s^2", "rad/s")
   assert set(rec.subject.tolist()) == {1} and set(rec.recording.tolist()) == {0}
   assert rec.splits is None and "left wrist" in rec.sensor
@@ -203,7 +203,7 @@ def test_mmfit_labels_follow_the_frame_clock_and_values_the_timestamps(tmp_path)
 @needs_mmfit_labels
 def test_mmfit_real_label_file_through_labels_dir(tmp_path):
   rng = np.random.default_rng(1)
-  sets = convert_mmfit.read_labels(os.path.join(MMFIT_LABELS, "w09", "w09_labels.csv"))
+  sets = mmfit_files.read_labels(os.path.join(MMFIT_LABELS, "w09", "w09_labels.csv"))
   first_set = sets[0]
   assert first_set.exercise == "squats" and len(sets) > 20
   t_frames, t_start = write_workout(tmp_path / "mm-fit", "w09", rng, n_frames=1200,

@@ -21,8 +21,8 @@ import test_downstream
 from data_prep import convert_fimad
 from mujo_jax import input_pipeline
 from mujo_jax import records
+from mujo_jax.sources import recording
 from mujo_jax import storage
-from mujo_jax.downstream import recordings
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY_MODEL = ["--config.model.depth=1", "--config.model.width=32", "--config.model.mlp_dim=64",
@@ -116,7 +116,7 @@ def test_pretrain_in_the_bucket_resumes_after_a_kill_exports_and_evaluates(
 
   # Downstream evaluation of the bucket's checkpoint, results into the bucket.
   data = tmp_path / "recordings.npz"
-  recordings.save_npz(str(data), test_downstream.make_recordings(subjects=(1, 2, 3, 4)))
+  recording.save_npz(str(data), test_downstream.make_recordings(subjects=(1, 2, 3, 4)))
   run(["mujo_jax.main", "--config=configs/finetune.py:npz", f"--config.data.path={data}",
        "--config.pretrained=gs://bucket/run", "--workdir=gs://bucket/ft", "--config.modes=linear",
        "--config.fractions=1.0", "--config.seeds=0"], env)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from data_prep import utd_mhad
 from mujo_jax.sim import skeletons
+from mujo_jax.sources import utd_mhad
 
 UTD_MHAD = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "utd_mhad")
 needs_data = pytest.mark.skipif(not os.path.isdir(UTD_MHAD),

@@ -5,8 +5,7 @@ One run = (mode, label fraction, seed), all scored on the same subject-disjoint 
   linear     the pretrained IMU tower frozen; a logistic regression (scikit-learn) on its
              embeddings, the inverse regularisation C picked on validation macro F1
   finetune   the pretrained IMU tower + a linear head, all trained (the tower's learning rate
-             scaled by train.encoder_lr_factor: 1.0 scored best on UTD-MHAD's validation
-             subject among 0.1, 0.3, 1.0)
+             scaled by train.encoder_lr_factor)
   zero_shot  no labels: each test window gets the class whose text-tower embedding of a
              class prompt is most cosine-similar to its IMU embedding (needs a text tower)
 scratch / finetune train with AdamW and cross-entropy for at most train.steps steps, are
@@ -35,13 +34,14 @@ import optax
 from sklearn import linear_model
 from sklearn import metrics as sk_metrics
 
-from configs import common
+from mujo_jax import checkpoint
+from mujo_jax import evaluation
 from mujo_jax import model as model_lib
-from mujo_jax import train as train_lib
 from mujo_jax.downstream import datasets
 from mujo_jax.downstream import protocol
 from mujo_jax.downstream import report
 from mujo_jax.downstream import windows as windows_lib
+from mujo_jax.modalities import INPUT_KEYS
 
 MODES = ("scratch", "linear", "finetune", "zero_shot")
 
@@ -62,13 +62,13 @@ class Classifier(nn.Module):
         embedding * math.sqrt(embedding.shape[-1]))
 
 
-def parse_list(value, kind, what: str) -> tuple:
-  """"0.02,1.0" (or a tuple) -> (0.02, 1.0); errors name the config field."""
-  items = value if isinstance(value, (tuple, list)) else str(value).split(",")
+def config_tuple(config: ml_collections.ConfigDict, field: str, kind) -> tuple:
+  """config[field] (a tuple) with each item as `kind`; errors name the config field."""
+  value = config[field]
   try:
-    return tuple(kind(str(v).strip()) for v in items if str(v).strip())
-  except ValueError as e:
-    raise ValueError(f"--config.{what}={value!r}: {e}") from e
+    return tuple(kind(v) for v in value)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"--config.{field}={value!r}: {e}") from e
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
@@ -90,18 +90,17 @@ class Evaluator:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = workdir
-    self.modes = parse_list(config.modes, str, "modes")
+    self.modes = config_tuple(config, "modes", str)
     unknown = sorted(set(self.modes) - set(MODES))
     if unknown:
       raise ValueError(f"--config.modes: unknown {unknown}; known: {MODES}")
-    self.fractions = parse_list(config.fractions, float, "fractions")
-    self.seeds = parse_list(config.seeds, int, "seeds")
+    self.fractions = config_tuple(config, "fractions", float)
+    self.seeds = config_tuple(config, "seeds", int)
     self.pretrained_params = None
     self.pretrained_from = None
     model_config = ml_collections.ConfigDict(config.model)
     if config.pretrained:
-      from mujo_jax import export  # pylint: disable=import-outside-toplevel
-      pre_config, params, step = export.load_pretrained(config.pretrained)
+      pre_config, params, step = checkpoint.load_pretrained(config.pretrained)
       model_config = ml_collections.ConfigDict(pre_config.model)
       self.pretrained_params = params
       self.pretrained_from = f"{config.pretrained} (step {step})"
@@ -115,10 +114,12 @@ class Evaluator:
       self.modes = tuple(m for m in self.modes if m != "zero_shot")
     if not self.modes:
       raise ValueError("nothing to run: no mode is possible with this config")
-    model_config.dtype = train_lib.compute_dtype(config)
+    model_config.dtype = model_lib.compute_dtype(config.compute_dtype)
     self.model_config = model_config
 
-    options = common.parse_arg(config.data.options, lazy=True)
+    # The adapter's keyword arguments that the config sets; unset (None) ones keep the
+    # adapter's defaults.
+    options = {k: v for k, v in config.data.options.items() if v is not None}
     rec = datasets.load(config.dataset, config.data.path, **options)
     self.window_config = windows_lib.WindowConfig(**dict(config.data.window))
     if self.window_config.window != model_config.imu_len:
@@ -156,8 +157,7 @@ class Evaluator:
     out = []
     for i in range(0, len(x), b):
       chunk = x[i:i + b]
-      padded = np.concatenate([chunk, np.zeros((b - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(fn(params, padded))[:len(chunk)])
+      out.append(np.asarray(fn(params, evaluation.pad_batch(chunk, b)))[:len(chunk)])
     return np.concatenate(out)
 
   def run_linear(self, train_idx: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
@@ -254,7 +254,7 @@ class Evaluator:
     ids, lengths = tokenizer.tokenize(tokenizer.load_tokenizer(), prompts, self.model_config.text_len)
     model = model_lib.MuJo(self.model_config)
     class_emb = np.asarray(model.apply({"params": self.pretrained_params},
-                                       {"text_ids": ids, "text_len": lengths},
+                                       {INPUT_KEYS["text"]: ids, "text_len": lengths},
                                        modalities=("text",))["text"])
     imu_emb = self._frozen_embeddings("test")
     return (imu_emb @ class_emb.T).argmax(axis=1), {"prompts": prompts}

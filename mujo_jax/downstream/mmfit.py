@@ -1,23 +1,24 @@
 """MM-Fit (Stromback et al., IMWUT 2020) smartwatch IMU -> `Recordings`.
 
-On-disk layout: the official one, as `data_prep.convert_mmfit` documents it (its docstring has
-the sources). Per workout folder wXX we read
+On-disk layout, units and clock: the official ones, as `mujo_jax.sources.mmfit` reads them (its
+docstring has the sources). Per workout folder wXX we read
   wXX_{device}_acc.npy, wXX_{device}_gyr.npy  (N, 5): frame, timestamp (ms), x, y, z; ~100 Hz
   wXX_labels.csv                              start_frame, end_frame, reps, exercise; no header
 with device sw_l / sw_r, the smartwatch on the left / right wrist. The labels may live in a
 separate tree with the same wXX/ folders (`labels_dir`, like convert_mmfit's --labels_dir).
 
-Reused from convert_mmfit: `read_labels`, `load_stream`, the unit checks of `real_imu`,
-`frame_clock` / `set_spans_ms`; from data_prep.conversion: `resample_stream`, `grid`.
+From mujo_jax.sources.mmfit: `read_labels`, `load_stream`, the unit checks of `imu_units`,
+`frame_clock` and `sample_labels`; from mujo_jax.sources.resampling: `resample_stream`, `grid`.
 
-  * Units are reported as stored, not converted: acc "m/s^2" or "g" as real_imu's check of the
+  * Units are reported as stored, not converted: acc "m/s^2" or "g" as imu_units' check of the
     median |acc| finds it (~9.8 or ~1; anything else raises naming the file), gyr the
-    `gyr_unit` option (default rad/s, the Android sensor API's unit), checked by real_imu (a 99.9th
+    `gyr_unit` option (default rad/s, the Android sensor API's unit), checked by imu_units (a 99.9th
     percentile above 35 rad/s raises). Should workouts disagree on the acc unit, the "g" ones are
     scaled to m/s^2 and a note says so (one unit per `Recordings`).
   * Rate: the watch streams are timestamped, not uniformly sampled, and acc and gyr have their
-    own timestamps, so both are linearly interpolated (`conversion.resample_stream`, no
-    filtering) onto one uniform grid at the nominal 100 Hz over the time both cover. 100 Hz is
+    own timestamps, so both are put (`resampling.resample_stream`; at equal rates that is a
+    linear interpolation, no filtering) onto one uniform grid at the nominal 100 Hz over the time
+    both cover. 100 Hz is
     used only after each stream's median sample interval confirms it (within 5%; otherwise a
     ValueError names the file). Regular samples on the grid come back unchanged. Where a stream
     has a gap longer than `max_gap_s` the grid has no data: the workout is cut there into
@@ -26,7 +27,7 @@ Reused from convert_mmfit: `read_labels`, `load_stream`, the unit checks of `rea
     contains it, else -1 (MM-Fit's "non_activity"). Frame numbers are not a clock (the camera's
     frame period varies); a frame's time comes from the sensor rows associated with it
     (`frame_clock` of the chosen device's acc stream), as convert_mmfit times its labels.
-  * Classes: convert_mmfit.CLASS_NAMES (motion.EXERCISES order, MM-Fit's "bicep_curls" named
+  * Classes: mmfit.CLASS_NAMES (motion.EXERCISES order, MM-Fit's "bicep_curls" named
     "dumbbell_biceps_curls"), so a label index means the same exercise as in the records
     convert_mmfit writes for pretraining. MM-Fit's own code orders them squats, lunges,
     bicep_curls, situps, pushups, tricep_extensions, dumbbell_rows, jumping_jacks,
@@ -35,7 +36,7 @@ Reused from convert_mmfit: `read_labels`, `load_stream`, the unit checks of `rea
     and sensor arrays have none), so subject = the workout number (w07 -> 7). Several workouts
     come from one person, so a seeded "subject" split would not be subject-disjoint; the
     official workout split is therefore always given.
-  * Splits (convert_mmfit.SPLITS, MM-Fit's train_multimodal_ar.py): train w01-w04, w06-w08,
+  * Splits (mmfit.SPLITS, MM-Fit's train_multimodal_ar.py): train w01-w04, w06-w08,
     w16-w18; val w14, w15, w19; test w09-w11 (workouts of training subjects); unseen_test w00,
     w05, w12, w13, w20 (subjects absent from training; MM-Fit's --unseen_test_set). Our `test`
     split is `test_split`: "unseen_test" by default, because the downstream protocol evaluates
@@ -48,24 +49,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 
 import numpy as np
 
-from data_prep import conversion
-from data_prep import convert_mmfit
-from mujo_jax.downstream import recordings
+from mujo_jax.sources import mmfit
+from mujo_jax.sources import recording
+from mujo_jax.sources import resampling
 from mujo_jax import units
 
-NOMINAL_RATE_HZ = 100.0   # the smartwatches' rate per MM-Fit's EDA notebook
+NOMINAL_RATE_HZ = mmfit.SMARTWATCH_RATE_HZ
 RATE_TOLERANCE = 0.05     # measured median rate must be within 5% of the nominal
 DEVICES = {"sw_l": "left wrist (smartwatch, Mobvoi TicWatch Pro)",
            "sw_r": "right wrist (smartwatch, Mobvoi TicWatch Pro)"}
 TEST_SPLITS = {"unseen_test": ("unseen_test",), "test": ("test",),
                "both": ("test", "unseen_test")}
-CLASS_NAMES = convert_mmfit.CLASS_NAMES
-CHANNELS = recordings.ACC_CHANNELS + recordings.GYR_CHANNELS
-GYR_UNITS = ("rad/s", "deg/s")
+CLASS_NAMES = mmfit.CLASS_NAMES
+CHANNELS = recording.ACC_CHANNELS + recording.GYR_CHANNELS
+GYR_UNITS = mmfit.GYR_UNITS
 
 
 @dataclasses.dataclass
@@ -80,7 +80,7 @@ class Workout:
 
 def load(path: str, device: str = "sw_l", test_split: str = "unseen_test", workouts=None,
          labels_dir: str | None = None, skip_missing: bool = False, gyr_unit: str = "rad/s",
-         max_gap_s: float = 0.3) -> recordings.Recordings:
+         max_gap_s: float = 0.3) -> recording.Recordings:
   """Reads MM-Fit's wXX/ folders under `path` (see the module docstring).
 
   device: "sw_l" (default, left wrist) or "sw_r".
@@ -107,7 +107,7 @@ def load(path: str, device: str = "sw_l", test_split: str = "unseen_test", worko
   if labels_dir is not None and not os.path.isdir(labels_dir):
     raise FileNotFoundError(f"{labels_dir}: MM-Fit labels folder not found (labels_dir)")
   owner = {w: split for split in ("train", "val") + TEST_SPLITS[test_split]
-           for w in convert_mmfit.SPLITS[split]}
+           for w in mmfit.SPLITS[split]}
   if isinstance(workouts, str):
     workouts = [workouts]
   requested = sorted(owner) if workouts is None else sorted(set(workouts))
@@ -171,7 +171,7 @@ def load(path: str, device: str = "sw_l", test_split: str = "unseen_test", worko
     notes.append(f"no train or no test workout among {present}: splits=None (a seeded split of "
                  "workouts is not subject-disjoint)")
     splits = None
-  return recordings.Recordings(
+  return recording.Recordings(
       x=np.concatenate(xs), y=np.concatenate(ys), subject=np.concatenate(subjects),
       recording=np.concatenate(recording_ids), class_names=CLASS_NAMES, channel_names=CHANNELS,
       sample_rate_hz=NOMINAL_RATE_HZ, acc_unit=acc_unit, gyr_unit=gyr_unit,
@@ -193,29 +193,23 @@ def workout_files(path: str, labels_dir: str | None, workout: str, device: str) 
 
 def read_workout(workout: str, files: dict, gyr_unit: str, max_gap_s: float) -> Workout:
   """One workout's streams on the 100 Hz grid, cut at gaps, labelled per sample."""
-  acc = convert_mmfit.load_stream(workout, files["acc"])   # sorted by time; errors name the file
-  gyr = convert_mmfit.load_stream(workout, files["gyr"])
-  # real_imu reads only settings.gyr_units; it returns converted copies we do not use.
-  try:
-    _, _, acc_unit = convert_mmfit.real_imu(workout, acc, gyr, (files["acc"], files["gyr"]),
-                                            types.SimpleNamespace(gyr_units=gyr_unit))
-  except conversion.ConversionError as e:
-    if files["gyr"] not in str(e):
-      raise
-    # Its hint names the converter's flag, --gyr_units.
-    raise ValueError(f"{e}; in this adapter: the gyr_unit= option, now {gyr_unit!r}") from e
+  acc = mmfit.load_stream(workout, files["acc"])   # sorted by time; errors name the file
+  gyr = mmfit.load_stream(workout, files["gyr"])
+  # Checks only: the values stay in their stored units (module docstring).
+  _, _, acc_unit = mmfit.imu_units(workout, acc, gyr, (files["acc"], files["gyr"]), gyr_unit,
+                                   gyr_option=f"the gyr_unit= option, now {gyr_unit!r}")
   rate = {kind: _confirm_rate(workout, files[kind], stream)
           for kind, stream in (("acc", acc), ("gyr", gyr))}
   t0_ms = max(acc[0, 1], gyr[0, 1])
   t_end_ms = min(acc[-1, 1], gyr[-1, 1])
   if t_end_ms <= t0_ms:
     raise ValueError(f"{files['gyr']}: does not overlap in time with {files['acc']}")
-  t_grid = conversion.grid((t_end_ms - t0_ms) / 1000.0, NOMINAL_RATE_HZ)
+  t_grid = resampling.grid((t_end_ms - t0_ms) / 1000.0, NOMINAL_RATE_HZ)
   x = np.concatenate([
-      conversion.resample_stream((s[:, 1] - t0_ms) / 1000.0, s[:, 2:], t_grid, max_gap_s)
+      resampling.resample_stream((s[:, 1] - t0_ms) / 1000.0, s[:, 2:], t_grid, max_gap_s)
       for s in (acc, gyr)], axis=1)
-  y = sample_labels(convert_mmfit.read_labels(files["labels"]), convert_mmfit.frame_clock(acc),
-                    t0_ms + 1000.0 * t_grid)
+  y = mmfit.sample_labels(mmfit.read_labels(files["labels"]), mmfit.frame_clock(acc),
+                          t0_ms + 1000.0 * t_grid)
   usable = np.isfinite(x).all(axis=1)
   edges = np.flatnonzero(np.diff(np.concatenate([[0], usable.astype(np.int8), [0]])))
   runs = [slice(a, b) for a, b in zip(edges[::2], edges[1::2])]
@@ -227,22 +221,8 @@ def read_workout(workout: str, files: dict, gyr_unit: str, max_gap_s: float) -> 
 
 def _confirm_rate(workout: str, path: str, stream: np.ndarray) -> float:
   """The stream's median sample rate (Hz); raises naming the file unless it is ~100 Hz."""
-  steps = np.diff(stream[:, 1])
-  steps = steps[steps > 0]
-  rate = 1000.0 / float(np.median(steps)) if len(steps) else 0.0
+  rate = mmfit.median_rate_hz(stream)
   if abs(rate / NOMINAL_RATE_HZ - 1) > RATE_TOLERANCE:
     raise ValueError(f"{path}: median sample rate {rate:.3g} Hz from the timestamps (workout "
                      f"{workout}), expected the smartwatch's {NOMINAL_RATE_HZ:g} Hz")
   return rate
-
-
-def sample_labels(sets, clock, times_ms: np.ndarray) -> np.ndarray:
-  """Class index per time (ms): the first set whose span (`convert_mmfit.set_spans_ms`, the
-  converter's own definition) contains it; -1 outside every set."""
-  y = np.full(len(times_ms), -1, np.int32)
-  if not sets:
-    return y
-  spans = convert_mmfit.set_spans_ms(sets, clock)
-  for s, (start, end) in reversed(list(zip(sets, spans))):   # the first set wins overlaps
-    y[(times_ms >= start) & (times_ms < end)] = CLASS_NAMES.index(s.exercise)
-  return y

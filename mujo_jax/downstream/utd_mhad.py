@@ -1,6 +1,6 @@
 """UTD-MHAD (Chen, Jafari & Kehtarnavaz, ICIP 2015) inertial data -> `Recordings`.
 
-On-disk layout: the official one that `data_prep.utd_mhad` reads (its docstring has the
+On-disk layout: the official one that `mujo_jax.sources.utd_mhad` reads (its docstring has the
 details), Inertial/aA_sS_tT_inertial.mat next to Skeleton/aA_sS_tT_skeleton.mat. We reuse its
 `list_trials`, which pairs the two folders, so both must be present (a trial whose skeleton file
 is missing is skipped with a warning there); only the inertial files are read.
@@ -22,11 +22,11 @@ import os
 
 import numpy as np
 
-from data_prep import utd_mhad
-from mujo_jax.downstream import recordings
+from mujo_jax.sources import recording
+from mujo_jax.sources import utd_mhad
 
 SAMPLE_RATE_HZ = utd_mhad.INERTIAL_HZ
-CHANNELS = recordings.ACC_CHANNELS + recordings.GYR_CHANNELS
+CHANNELS = recording.ACC_CHANNELS + recording.GYR_CHANNELS
 # Short names, in action order (1-based action a -> CLASS_NAMES[a - 1]), after the labels on the
 # dataset's web page (swipe_left, ..., sit2stand, ...) written as words; utd_mhad.ACTIONS has
 # the full descriptions that `class_prompts` uses.
@@ -48,7 +48,7 @@ SENSORS: dict[str, tuple[range, str]] = {
 }
 
 
-def load(path: str, sensor: str = "all", subjects=None) -> recordings.Recordings:
+def load(path: str, sensor: str = "all", subjects=None) -> recording.Recordings:
   """Reads the UTD-MHAD trials under `path` (see the module docstring).
 
   sensor: "all" (default: every action, each trial's own sensor), "wrist" (actions 1-21) or
@@ -94,15 +94,15 @@ def load(path: str, sensor: str = "all", subjects=None) -> recordings.Recordings
            "sensor moves with the class: right wrist for actions 1-21, right thigh for actions "
            "22-27" if sensor == "all" else f"{where} sensor only: actions "
            f"{actions.start}-{actions.stop - 1}, re-indexed from 0",
-           "units converted on reading by data_prep.utd_mhad.load_inertial (stored in g and "
-           "deg/s)"]
+           "units converted on reading by mujo_jax.sources.utd_mhad.load_inertial (stored in g "
+           "and deg/s)"]
   if not (splits.get("train") and splits.get("test")):
     notes.append(f"official split {dict(utd_mhad.SUBJECT_SPLITS)} has no train or no test "
                  f"subject among {sorted(kept)}: splits=None")
     splits = None
   if unpaired:
     notes.append(f"skipped {len(unpaired)} files without a counterpart: {unpaired[:3]}")
-  return recordings.Recordings(
+  return recording.Recordings(
       x=np.concatenate(xs), y=np.concatenate(ys), subject=subject,
       recording=np.concatenate(recording_ids),
       class_names=tuple(CLASS_NAMES[a - 1] for a in actions), channel_names=CHANNELS,

@@ -5,8 +5,8 @@ force incl. gravity, m/s^2) and gyroscope (rad/s). Every dataset is brought ther
 
 1. Cut `Recordings` into segments where subject or recording changes: windows never cross one.
 2. Units: g -> m/s^2 (x 9.80665), deg/s -> rad/s.
-3. Resample each segment to `rate_hz` with a polyphase filter (scipy.signal.resample_poly,
-   anti-aliased); labels take the label of the nearest source sample.
+3. Resample each segment to `rate_hz` (`mujo_jax.sources.resampling.resample`, the resampling
+   the pretraining converters use); labels take the label of the nearest source sample.
 4. Window: `window_s` long every `stride_s` ("all"), or one centred window per recording
    ("center", for trial datasets such as UTD-MHAD whose recordings are single gestures).
    A recording shorter than a window is dropped (short="drop") or centred and padded as the
@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import fractions
 
 import numpy as np
-from scipy import signal
 
-from mujo_jax.downstream import recordings as recordings_lib
+from mujo_jax.sources import recording as recording_lib
+from mujo_jax.sources import resampling
 from mujo_jax import units
 
 REST_S = 0.1
@@ -84,24 +83,24 @@ class Windows:
                                subject=self.subject[index], recording=self.recording[index])
 
 
-def segments(rec: recordings_lib.Recordings) -> list[tuple[int, int]]:
+def segments(rec: recording_lib.Recordings) -> list[tuple[int, int]]:
   """[start, end) sample ranges of constant (subject, recording)."""
   change = np.flatnonzero((np.diff(rec.subject) != 0) | (np.diff(rec.recording) != 0)) + 1
   bounds = np.concatenate([[0], change, [len(rec.y)]])
   return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
-def si_signals(rec: recordings_lib.Recordings, missing_gyro: str) -> tuple[np.ndarray, list[str]]:
+def si_signals(rec: recording_lib.Recordings, missing_gyro: str) -> tuple[np.ndarray, list[str]]:
   """[N, 6] float64 acc (m/s^2) and gyro (rad/s), and notes on what was assumed."""
   notes = []
-  acc = rec.channels(recordings_lib.ACC_CHANNELS).astype(np.float64)
+  acc = rec.channels(recording_lib.ACC_CHANNELS).astype(np.float64)
   if rec.acc_unit == "g":
     acc = units.g_to_ms2(acc)
   if not rec.acc_includes_gravity:
     notes.append("accelerometer without gravity, used as is (the encoder was pretrained with "
                  "gravity included)")
   if rec.has_gyroscope:
-    gyr = rec.channels(recordings_lib.GYR_CHANNELS).astype(np.float64)
+    gyr = rec.channels(recording_lib.GYR_CHANNELS).astype(np.float64)
     if rec.gyr_unit == "deg/s":
       gyr = np.deg2rad(gyr)
   elif missing_gyro == "zeros":
@@ -117,14 +116,10 @@ def si_signals(rec: recordings_lib.Recordings, missing_gyro: str) -> tuple[np.nd
 
 def resample(x: np.ndarray, y: np.ndarray, source_hz: float, target_hz: float
              ) -> tuple[np.ndarray, np.ndarray]:
-  """One segment: signals [T, C] with a polyphase filter, labels [T] by nearest sample."""
+  """One segment: signals [T, C] by `resampling.resample`, labels [T] by nearest sample."""
   if source_hz == target_hz:
     return x, y
-  ratio = fractions.Fraction(target_hz / source_hz).limit_denominator(1000)
-  if abs(float(ratio) - target_hz / source_hz) > 1e-6 * target_hz / source_hz:
-    raise ValueError(f"cannot resample {source_hz} Hz to {target_hz} Hz with a ratio of small "
-                     f"integers (closest {ratio})")
-  out = signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
+  out = resampling.resample(x, source_hz, target_hz)
   nearest = np.minimum(np.round(np.arange(len(out)) * source_hz / target_hz).astype(int),
                        len(y) - 1)
   return out, y[nearest]
@@ -143,7 +138,7 @@ def pad_at_rest(x: np.ndarray, y: np.ndarray, window: int, rate_hz: float
   return x, y
 
 
-def make_windows(rec: recordings_lib.Recordings, config: WindowConfig) -> Windows:
+def make_windows(rec: recording_lib.Recordings, config: WindowConfig) -> Windows:
   """Cuts `rec` into labelled windows (module docstring); counts every drop."""
   signals, notes = si_signals(rec, config.missing_gyro)
   w = config.window

@@ -1,7 +1,8 @@
 """Labelled wearable recordings in one in-memory form, and the generic `.npz` format.
 
-Every downstream dataset adapter (utd_mhad, mmfit, motionsense, mhealth, myogym) returns a
-`Recordings`; users bring any other dataset as one `.npz` file with the same fields:
+Every downstream dataset adapter (mujo_jax.downstream: utd_mhad, mmfit, motionsense, mhealth,
+myogym) builds a `Recordings` from what the readers of this package return; users bring any
+other dataset as one `.npz` file with the same fields:
 
   x               float32 [N, C]  all recordings concatenated in time
   y               int32 [N]       class index into class_names, -1 = unlabelled / null

@@ -13,15 +13,13 @@ into `virtual_imu.simulate_imu` and be compared with its output:
 `load_inertial` -> [T, 6] (m/s^2, rad/s), `load_skeleton` -> [T, 20, 3] (m).
 
 Timing: the two streams start and stop together, but the skeleton has far fewer
-frames than 30 Hz would give (inertial samples / skeleton frames: median 2.6,
-i.e. ~19 Hz). `aligned_fps` stretches the skeleton over the inertial duration;
+frames than 30 Hz would give. `aligned_fps` stretches the skeleton over the inertial duration;
 that matches the real sensor much better than the nominal 30 Hz
 (data_prep/validate_imu_sim.py measures both).
 
-Vertical: Kinect's camera frame has y up (`UP`). Measured over all 861 trials,
-the mean unit vector from the feet midpoint to the head is (-0.014, 0.999,
--0.028), i.e. within ~2 degrees of +y (the camera is held level; the rest is
-posture), and head above feet along +y in every trial.
+Vertical: Kinect's camera frame has y up (`UP`): the camera is held level, so the direction
+from the feet midpoint to the head lies close to +y, with the head above the feet, in every
+trial.
 """
 
 from __future__ import annotations
