@@ -1,9 +1,10 @@
 r"""Downstream HAR evaluation: macro F1 with few labels, from scratch vs pretrained.
 
   python -m mujo_jax.main --config=configs/finetune.py:utd_mhad --workdir=OUT \
-      [--config.pretrained=PRETRAIN_WORKDIR] [--config.fractions=0.02,1.0] \
-      [--config.modes=scratch,linear,finetune,zero_shot] [--config.seeds=0,1,2] \
-      [--config.data.path=DIR_OR_FILE] [--config.data.options=key=value,...]
+      [--config.pretrained=PRETRAIN_WORKDIR] [--config.fractions='(0.02, 1.0)'] \
+      [--config.modes='("scratch", "linear", "finetune", "zero_shot")'] \
+      [--config.seeds='(0, 1, 2)'] [--config.data.path=DIR_OR_FILE] \
+      [--config.data.options.<adapter argument>=VALUE]
 
 The argument after the colon is the dataset: utd_mhad, mmfit, motionsense, mhealth, myogym or
 npz (the generic format: --config.data.path=file.npz). Without --config.pretrained only the
@@ -14,6 +15,7 @@ Outputs in OUT: results.json, results.md, confusion.png, f1_vs_fraction.png
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 from configs import pretrain
@@ -28,6 +30,18 @@ DATA_PATHS = {
     "npz": "data/dataset.npz",
 }
 
+# Each adapter's keyword arguments (see its `load` docstring) and their types; unset (None)
+# keeps the adapter's default, e.g. --config.data.options.sensor=wrist for utd_mhad.
+ADAPTER_OPTIONS = {
+    "utd_mhad": dict(sensor=str, subjects=tuple),
+    "mmfit": dict(device=str, test_split=str, workouts=tuple, labels_dir=str, skip_missing=bool,
+                  gyr_unit=str, max_gap_s=float),
+    "motionsense": dict(activities=tuple, accelerometer=str),
+    "mhealth": dict(sensor=str),
+    "myogym": dict(drop_repeated_imu=bool, max_gap_s=float),
+    "npz": dict(),
+}
+
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, lazy=True)
@@ -40,16 +54,15 @@ def get_config(arg=None):
   config.dataset = dataset
   config.seed = 0
   config.pretrained = ""             # a pretraining workdir; empty: scratch only
-  config.modes = "scratch,linear,finetune,zero_shot"
-  config.fractions = "0.02,1.0"
-  config.seeds = "0,1,2"
+  config.modes = ("scratch", "linear", "finetune", "zero_shot")
+  config.fractions = (0.02, 1.0)
+  config.seeds = (0, 1, 2)
   config.zero_shot_template = "a person doing {}"
 
   config.data = ml_collections.ConfigDict()
   config.data.path = DATA_PATHS[dataset]
-  # Adapter keyword arguments as "key=value,key=value" (see the adapter's docstring), e.g.
-  # --config.data.options=sensor=wrist for utd_mhad.
-  config.data.options = ""
+  config.data.options = ml_collections.ConfigDict(
+      {k: config_dict.placeholder(kind) for k, kind in ADAPTER_OPTIONS[dataset].items()})
   config.data.window = ml_collections.ConfigDict(dict(
       rate_hz=50.0, window_s=5.0, stride_s=2.5, per_recording="all", short="drop",
       labels="drop", missing_gyro="error"))

@@ -5,7 +5,7 @@ r"""MuJo pretraining: four towers (imu, pose, video, text) in one joint space.
 
 Arguments after the colon (comma-separated, big_vision style):
   demo          small model on the embedded demo dataset (built on first use),
-                about 10 minutes on a 2-core CPU
+                sized to train on a laptop CPU
   utd_mhad      the demo-sized model on real UTD-MHAD skeleton + IMU + action text
                 (no video), training subjects only; convert it first:
                   python -m data_prep.convert_utd_mhad \
@@ -75,7 +75,7 @@ def get_config(arg=None):
   config.optim.b1 = 0.9
   config.optim.b2 = 0.98
   # Clips spikes only: about twice the typical global gradient norm (README,
-  # "Configs and outputs"); at 1.0 every step was clipped.
+  # "Configs and outputs"), so ordinary steps are not clipped.
   config.optim.grad_clip_norm = 20.0
   # A step whose loss or gradients are not finite is skipped (no update); this
   # many in a row stop the run with an error.
@@ -93,10 +93,10 @@ def get_config(arg=None):
   # name: the leaf's largest dimension that divides by that axis is split over it
   # (replicated if none does). Kernels and the token embedding hold ~all bytes;
   # biases, norms, position embeddings and scalars stay replicated.
-  config.param_sharding_rules = [
+  config.param_sharding_rules = (
       (r".*/(kernel|embedding)", "fsdp"),
       (r".*", ()),
-  ]
+  )
   config.compute_dtype = "auto"   # bfloat16 on GPU/TPU, float32 on CPU
 
   # Persistent XLA compilation cache (a local path or gs://); None: off.
@@ -121,14 +121,14 @@ def get_config(arg=None):
     config.model.mlp_dim = 512
     config.model.embed_dim = 128
     config.batch_size = 128
-    config.total_steps = 600
+    config.total_steps = 300
     config.optim.learning_rate = 1e-3
-    config.optim.warmup_steps = 60
+    config.optim.warmup_steps = 30
     config.optim.weight_decay = 0.01
     config.log_every = 20
-    config.eval_every = 200
+    config.eval_every = 150
     config.eval_batch_size = 256
-    config.checkpoint_every = 200
+    config.checkpoint_every = 150
   if arg["utd_mhad"]:
     # 323 training trials (subjects 1, 3, 5; val: 7): small batches, many epochs.
     config.data.dir = "data/utd_mhad"

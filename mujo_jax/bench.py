@@ -19,7 +19,9 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from mujo_jax import console
 from mujo_jax import contrastive
+from mujo_jax.modalities import INPUT_KEYS
 from mujo_jax import model as model_lib
 from mujo_jax import train
 
@@ -49,17 +51,18 @@ def peak_bf16_tflops(device_kind: str) -> float | None:
 
 def synthetic_batch(config, batch_size: int, sharding) -> dict[str, jax.Array]:
   rng = np.random.default_rng(0)
-  host = train.dummy_batch(config, batch_size)
+  host = model_lib.dummy_batch(config.model, batch_size)
   for key in ("imu", "pose", "video"):
     host[key] = rng.normal(size=host[key].shape).astype(host[key].dtype)
-  host["text_ids"] = rng.integers(1, config.model.vocab_size, host["text_ids"].shape,
-                                  dtype=np.int32)
+  text = INPUT_KEYS["text"]
+  host[text] = rng.integers(1, config.model.vocab_size, host[text].shape, dtype=np.int32)
   host["text_len"] = rng.integers(8, config.model.text_len + 1, batch_size, dtype=np.int32)
   return {k: jax.device_put(v, sharding) for k, v in host.items()}
 
 
 def main(argv):
   del argv
+  console.setup()
   config = FLAGS.config
   if FLAGS.batch:
     config.batch_size = FLAGS.batch

@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from mujo_jax import console
 from mujo_jax import input_pipeline
 from mujo_jax import records
 
@@ -143,6 +144,7 @@ def measure_decode_only() -> dict:
 
 def main(argv):
   del argv
+  console.setup()
   print(json.dumps(measure_decode_only()), flush=True)
   num_records = records.DatasetInfo.load(FLAGS.data_dir).splits[FLAGS.split].num_examples
   for n in FLAGS.num_workers:

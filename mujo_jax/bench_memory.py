@@ -20,6 +20,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from mujo_jax import console
 from mujo_jax import contrastive
 from mujo_jax import train
 
@@ -60,6 +61,7 @@ def table(rows) -> str:
 
 def main(argv):
   del argv
+  console.setup()
   if FLAGS.cpu_devices:
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)

@@ -47,8 +47,11 @@ import optax
 from ml_collections import config_flags
 
 from mujo_jax import bench
+from mujo_jax import console
 from mujo_jax import contrastive
 from mujo_jax import export
+from mujo_jax.modalities import INPUT_KEYS
+from mujo_jax.modalities import MODALITIES
 from mujo_jax import model as model_lib
 from mujo_jax import train
 
@@ -108,7 +111,7 @@ def torch_batch(host: Mapping[str, np.ndarray], modalities: Sequence[str], devic
   batch = {k: torch.from_numpy(np.array(v)).to(device)
            for k, v in host.items() if k != "modality_mask"}
   present = np.asarray(host["modality_mask"]).astype(bool)
-  batch["masks"] = {m: torch.from_numpy(present[:, train.MODALITIES.index(m)]).to(device)
+  batch["masks"] = {m: torch.from_numpy(present[:, MODALITIES.index(m)]).to(device)
                     for m in modalities}
   return batch
 
@@ -149,7 +152,7 @@ def make_torch_step(config: ml_collections.ConfigDict, model_config: ml_collecti
                         enabled=autocast_dtype is not None):
       embeddings = {}
       for m in needed:
-        inputs = batch[model_lib.INPUT_KEYS[m]]
+        inputs = batch[INPUT_KEYS[m]]
         embeddings[m] = (model.towers[m](inputs, batch["text_len"]) if m == "text"
                          else model.towers[m](inputs))
     return infonce_loss(embeddings, batch["masks"], pairs, model.logit_scale())
@@ -318,6 +321,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  console.setup()
   config = FLAGS.config
   if FLAGS.batch:
     config.batch_size = FLAGS.batch

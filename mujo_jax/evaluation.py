@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mujo_jax import tokenizer as tokenizer_lib
+from mujo_jax.modalities import INPUT_KEYS
 
 BatchAxes = str | tuple[str, ...]
 
@@ -195,6 +196,24 @@ def zero_shot_skip_reason(tokenizer: str, class_names: Sequence[str],
   return None
 
 
+def pad_batch(batch, size: int):
+  """`batch` (a dict of arrays [n, ...], or one array) with rows appended up to `size`.
+
+  Fixed-size batches compile once whatever the split's length. Padding rows are zeros,
+  and -1 under "label" (unlabelled), so with an all-zero modality_mask no metric counts
+  them.
+  """
+  if not isinstance(batch, Mapping):
+    return _pad_rows(np.asarray(batch), size, 0)
+  return {k: _pad_rows(np.asarray(v), size, -1 if k == "label" else 0) for k, v in batch.items()}
+
+
+def _pad_rows(x: np.ndarray, size: int, fill) -> np.ndarray:
+  if len(x) > size:
+    raise ValueError(f"{len(x)} rows do not fit a batch of {size}")
+  return np.concatenate([x, np.full((size - len(x),) + x.shape[1:], fill, x.dtype)])
+
+
 def class_prompts(class_names: Sequence[str]) -> list[str]:
   """One prompt per class: its name with underscores as spaces ("biceps curls")."""
   return [name.replace("_", " ") for name in class_names]
@@ -216,7 +235,8 @@ def prompt_batches(ids: np.ndarray, lengths: np.ndarray, template: Mapping[str, 
   template's). So the compiled val embedding embeds the prompts, and row c of the
   concatenated "text" embeddings is class c's.
   """
-  per_process = len(template["text_ids"])
+  text = INPUT_KEYS["text"]
+  per_process = len(template[text])
   global_batch = per_process * process_count
   batches = []
   for start in range(0, len(ids), global_batch):
@@ -225,7 +245,7 @@ def prompt_batches(ids: np.ndarray, lengths: np.ndarray, template: Mapping[str, 
     mine = slice(first, min(first + per_process, len(ids)))
     rows = mine.stop - mine.start
     if rows > 0:
-      local["text_ids"][:rows] = ids[mine]
+      local[text][:rows] = ids[mine]
       local["text_len"][:rows] = lengths[mine]
     batches.append(local)
   return batches

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from absl import app
 from absl import flags
-import jax
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
+from mujo_jax import checkpoint
 from mujo_jax import console
 from mujo_jax import model as model_lib
 from mujo_jax import records
@@ -24,55 +22,6 @@ from mujo_jax import storage
 
 # Also in torch_mujo.py, which must import without JAX (and this module without torch).
 EXPORT_FORMAT = "mujo_jax.torch/1"
-
-
-def load_pretrained(workdir: str, step: int | None = None):
-  """(config, params as numpy, step) of a pretraining workdir's checkpoint.
-
-  Checks the checkpoint's parameters against the shapes the workdir's
-  config.json implies, naming the first mismatches.
-  """
-  config_path = storage.join(workdir, "config.json")
-  try:
-    config = ml_collections.ConfigDict(storage.read_json(config_path))
-  except FileNotFoundError:
-    raise FileNotFoundError(
-        f"{config_path} not found: is {workdir} a mujo_jax pretraining workdir?") from None
-  manager = ocp.CheckpointManager(storage.absolute(storage.join(workdir, "checkpoints")),
-                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
-  steps = manager.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise ValueError(f"no checkpoint of step {step} in {workdir}/checkpoints; have {sorted(steps)}")
-  # Restore onto one local device, whatever mesh the checkpoint was saved from.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        manager.item_metadata(step)["state"])
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  params = jax.tree.map(np.asarray, restored.state["params"])
-  manager.close()
-  model_config = config.model
-  expected = jax.eval_shape(
-      lambda: model_lib.MuJo(model_config).init(
-          jax.random.key(0), _dummy_inputs(model_config))["params"])
-  got = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(params)}
-  want = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(expected)}
-  if got != want:
-    diffs = sorted({k for k in set(got) | set(want) if got.get(k) != want.get(k)})
-    raise ValueError(
-        f"checkpoint of step {step} in {workdir} does not match its config.json (incompatible "
-        f"config?): " + "; ".join(f"{k}: checkpoint {got.get(k)}, config {want.get(k)}"
-                                  for k in diffs[:5]))
-  return config, params, step
-
-
-def _dummy_inputs(c):
-  return {"imu": np.zeros((1, c.imu_len, c.imu_channels), np.float32),
-          "pose": np.zeros((1, c.pose_len, c.num_joints, 3), np.float32),
-          "video": np.zeros((1, c.video_len, c.video_dim), np.float32),
-          "text_ids": np.zeros((1, c.text_len), np.int32), "text_len": np.ones((1,), np.int32)}
 
 
 def torch_state_dict(params, model_config) -> dict[str, np.ndarray]:
@@ -155,7 +104,7 @@ def export_config(config, step: int, workdir: str) -> dict:
 def export(workdir: str, out: str, step: int | None = None) -> str:
   """workdir's checkpoint -> out/model.safetensors + out/config.json (both local or gs://)."""
   from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
-  config, params, step = load_pretrained(workdir, step)
+  config, params, step = checkpoint.load_pretrained(workdir, step)
   storage.write_bytes(storage.join(out, "model.safetensors"),
                       save(torch_state_dict(params, config.model),
                            metadata={"format": EXPORT_FORMAT, "step": str(step)}))

@@ -52,8 +52,9 @@ from mujo_jax import records
 from mujo_jax import shm_pool
 from mujo_jax import storage
 from mujo_jax import tfrecord
+from mujo_jax.modalities import ARRAY_KEYS
+from mujo_jax.modalities import MODALITIES
 
-SIGNAL_KEYS = ("imu", "pose", "video")
 CRC_CHECKS = ("always", "first_pass", "off")
 # Per row of a batch: corrupt records skipped in the pipeline element it came from,
 # all on that element's first kept row (0 elsewhere). Summed over the batches a
@@ -346,8 +347,8 @@ class _RecordTables:
   def __init__(self, info: records.DatasetInfo, num_records: int, with_cache: bool):
     self.info = info
     self.known = np.zeros(num_records, bool)
-    self.offsets = np.full((num_records, len(records.ARRAY_KEYS)), -1, np.int64)
-    widths = {"modality_mask": (len(records.MODALITIES),),
+    self.offsets = np.full((num_records, len(ARRAY_KEYS)), -1, np.int64)
+    widths = {"modality_mask": (len(MODALITIES),),
               "imu_location_mask": (len(info.imu_locations),)}
     self.small = {k: np.zeros((num_records,) + widths.get(k, ()), np.int32)
                   for k in records.SMALL_KEYS}
@@ -635,7 +636,7 @@ def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
   rank = keys.argsort(axis=1).argsort(axis=1)
   rescue = (kept.sum(axis=1) < 2)[:, None] & mask & (rank < 2)
   new_mask = kept | rescue
-  for j, key in enumerate(("imu", "pose", "video", "text_ids")):
+  for j, key in enumerate(ARRAY_KEYS):
     hidden = mask[:, j] & ~new_mask[:, j]
     if hidden.any():
       batch[key][hidden] = 0

@@ -47,10 +47,9 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from mujo_jax.modalities import INPUT_KEYS
 from mujo_jax.modalities import MODALITIES
 
-# Batch key holding each tower's input.
-INPUT_KEYS = {"imu": "imu", "pose": "pose", "video": "video", "text": "text_ids"}
 # Transformer sizes that `config.towers.<modality>.<field>` may override.
 TOWER_OVERRIDES = ("width", "depth", "num_heads", "mlp_dim")
 # `config.remat` -> what an encoder block keeps for the backward pass (None: no remat).
@@ -95,6 +94,31 @@ def default_model_config() -> ml_collections.ConfigDict:
       m: ml_collections.ConfigDict({f: config_dict.placeholder(int) for f in TOWER_OVERRIDES})
       for m in MODALITIES})
   return config
+
+
+def compute_dtype(setting: str) -> str:
+  """A config's `compute_dtype` resolved: "auto" is bfloat16 on GPU/TPU, float32 on CPU."""
+  if setting != "auto":
+    return setting
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+  """Zeros shaped like a training batch's model inputs, for `config` (a model config).
+
+  For shape inference, parameter init, compilation ahead of time, benchmarks and padding.
+  Arrays are float16 as records store them; every modality is marked present and every
+  text has its [CLS] and [SEP] only.
+  """
+  c = config
+  return {
+      INPUT_KEYS["imu"]: np.zeros((batch_size, c.imu_len, c.imu_channels), np.float16),
+      INPUT_KEYS["pose"]: np.zeros((batch_size, c.pose_len, c.num_joints, 3), np.float16),
+      INPUT_KEYS["video"]: np.zeros((batch_size, c.video_len, c.video_dim), np.float16),
+      INPUT_KEYS["text"]: np.zeros((batch_size, c.text_len), np.int32),
+      "text_len": np.full((batch_size,), 2, np.int32),
+      "modality_mask": np.ones((batch_size, len(MODALITIES)), np.int32),
+  }
 
 
 def tower_settings(config: ml_collections.ConfigDict, modality: str) -> dict[str, Any]:
@@ -307,11 +331,10 @@ class Tower(nn.Module):
     pos_embedding = self.param("pos_embedding", nn.initializers.normal(0.02),
                                (1, self.num_tokens, self.width), jnp.float32)
     # Not zeros: the first block's LayerNorm divides a constant token by sqrt(eps),
-    # which scales the CLS gradient by ~1/sqrt(eps) = 1000 and lets it alone set
-    # the global gradient norm (and so the clipping of every other parameter).
+    # which scales the CLS gradient by ~1/sqrt(eps) and lets it alone set the
+    # global gradient norm (and so the clipping of every other parameter).
     # LayerNorm scales its input's gradient by 1/std, so the CLS gradient shrinks
-    # as its init grows; width**-0.5 as in CLIP (the demo model at init: CLS share
-    # of the global gradient norm 0.62 at std 0.02, 0.16 at 0.1).
+    # as its init grows; width**-0.5 as in CLIP.
     cls = self.param("cls", nn.initializers.normal(self.width ** -0.5), (1, 1, self.width),
                      jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (batch, 1, self.width)),

@@ -57,6 +57,8 @@ from tensorflow_datasets.proto import tf_example_pb2
 from tensorflow_datasets.proto import tf_feature_pb2
 
 from mujo_jax import storage
+from mujo_jax.modalities import ARRAY_KEYS
+from mujo_jax.modalities import INPUT_KEYS
 from mujo_jax.modalities import MODALITIES
 
 FORMAT_VERSION = 2  # 2: index digests in ShardInfo, dataset_info.json sealed with a sha256
@@ -131,11 +133,12 @@ class DatasetInfo:
 
   def array_specs(self) -> dict[str, ArraySpec]:
     return {
-        "imu": ArraySpec((len(self.imu_locations), self.imu_window, len(self.imu_channels)),
-                         SIGNAL_DTYPE),
-        "pose": ArraySpec((self.pose_window, len(self.joint_names), 3), SIGNAL_DTYPE),
-        "video": ArraySpec((self.video_steps, self.video_dim), SIGNAL_DTYPE),
-        "text_ids": ArraySpec((self.text_len,), TOKEN_DTYPE),
+        INPUT_KEYS["imu"]: ArraySpec(
+            (len(self.imu_locations), self.imu_window, len(self.imu_channels)), SIGNAL_DTYPE),
+        INPUT_KEYS["pose"]: ArraySpec((self.pose_window, len(self.joint_names), 3),
+                                      SIGNAL_DTYPE),
+        INPUT_KEYS["video"]: ArraySpec((self.video_steps, self.video_dim), SIGNAL_DTYPE),
+        INPUT_KEYS["text"]: ArraySpec((self.text_len,), TOKEN_DTYPE),
     }
 
   def to_json(self) -> dict[str, Any]:
@@ -279,7 +282,7 @@ def encode_example(info: DatasetInfo, example: Mapping[str, Any]) -> bytes:
   specs = info.array_specs()
   features = {}
   present = []
-  for modality, key in zip(MODALITIES, ("imu", "pose", "video", "text_ids")):
+  for key in ARRAY_KEYS:
     value = example.get(key)
     present.append(int(value is not None))
     if value is None:
@@ -296,7 +299,7 @@ def encode_example(info: DatasetInfo, example: Mapping[str, Any]) -> bytes:
     elif np.any((value < 0) | (value >= info.vocab_size)):
       raise RecordFormatError(f"{where}: {key} has ids outside [0, {info.vocab_size})")
     features[key] = _bytes_feature(value.astype(spec.dtype).tobytes())
-  if example.get("text_ids") is not None:
+  if example.get(INPUT_KEYS["text"]) is not None:
     text_len = int(example["text_len"])
     if not 0 < text_len <= info.text_len:
       raise RecordFormatError(f"{where}: text_len {text_len} outside (0, {info.text_len}]")
@@ -320,7 +323,7 @@ def encode_example(info: DatasetInfo, example: Mapping[str, Any]) -> bytes:
   return proto.SerializeToString(deterministic=True)  # map order fixed: same bytes every run
 
 
-ARRAY_KEYS = ("imu", "pose", "video", "text_ids")  # the array fields, in MODALITIES order
+_ARRAY_KEYS_BYTES = tuple(k.encode() for k in ARRAY_KEYS)
 SMALL_KEYS = ("text_len", "label", "window_index", "modality_mask", "imu_location_mask")
 
 
@@ -451,7 +454,7 @@ def _scan_fixed_layout(payload: bytes, nbytes: tuple[int, ...], num_loc: int):
         return None
       text_len = values[0]
     offsets = [-1] * len(ARRAY_KEYS)
-    for j, key in enumerate((b"imu", b"pose", b"video", b"text_ids")):
+    for j, key in enumerate(_ARRAY_KEYS_BYTES):
       if mask[j]:
         kind, start, length = fields[key]
         if kind != _TAG_1 or length != nbytes[j]:

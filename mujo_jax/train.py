@@ -28,17 +28,16 @@ import time
 from collections.abc import Sequence
 
 import flax
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mujo_jax import checkpoint
 from mujo_jax import contrastive
 from mujo_jax import evaluation
 from mujo_jax import input_pipeline
@@ -46,9 +45,9 @@ from mujo_jax import metric_writer
 from mujo_jax import model as model_lib
 from mujo_jax import records
 from mujo_jax import storage
-
-MODALITIES = records.MODALITIES
-MODEL_INPUTS = ("imu", "pose", "video", "text_ids", "text_len", "modality_mask")
+from mujo_jax.modalities import INPUT_KEYS
+from mujo_jax.modalities import MODALITIES
+from mujo_jax.modalities import MODEL_INPUTS
 
 
 @flax.struct.dataclass
@@ -73,12 +72,6 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.M
     raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover {len(devices)} devices")
   return jax.make_mesh((data, fsdp), ("data", "fsdp"), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> str:
-  if config.compute_dtype != "auto":
-    return config.compute_dtype
-  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 def path_str(path) -> str:
@@ -211,19 +204,6 @@ def applied_updates(opt_state) -> jax.Array:
   return counts[0]
 
 
-def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
-  """Zeros shaped like a training batch (for init and for benchmarks)."""
-  m = config.model
-  return {
-      "imu": np.zeros((batch_size, m.imu_len, m.imu_channels), np.float16),
-      "pose": np.zeros((batch_size, m.pose_len, m.num_joints, 3), np.float16),
-      "video": np.zeros((batch_size, m.video_len, m.video_dim), np.float16),
-      "text_ids": np.zeros((batch_size, m.text_len), np.int32),
-      "text_len": np.full((batch_size,), 2, np.int32),
-      "modality_mask": np.ones((batch_size, len(MODALITIES)), np.int32),
-  }
-
-
 class Trainer:
   """Holds the compiled pieces of one configuration; `train()` runs the loop."""
 
@@ -232,7 +212,7 @@ class Trainer:
     self.workdir = workdir
     self.mesh = make_mesh(config, devices)
     self.model_config = ml_collections.ConfigDict(config.model)
-    self.model_config.dtype = compute_dtype(config)
+    self.model_config.dtype = model_lib.compute_dtype(config.compute_dtype)
     self.model = model_lib.MuJo(self.model_config)
     self.tx, self.schedule = make_optimizer(config)
     self.modalities = tuple(m for m in MODALITIES if m in self.model_config.modalities)
@@ -250,7 +230,7 @@ class Trainer:
     self._nonfinite_check = None
 
   def _init(self, rng) -> TrainState:
-    batch = jax.tree.map(jnp.asarray, dummy_batch(self.config, 2))
+    batch = jax.tree.map(jnp.asarray, model_lib.dummy_batch(self.model_config, 2))
     params = self.model.init(rng, batch)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params))
@@ -265,7 +245,7 @@ class Trainer:
 
   def abstract_batch(self, batch_size: int):
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
-            for k, v in dummy_batch(self.config, batch_size).items()}
+            for k, v in model_lib.dummy_batch(self.model_config, batch_size).items()}
 
   def towers_in(self, pairs) -> tuple[str, ...]:
     """The enabled modalities that the modality pairs `pairs` use."""
@@ -366,6 +346,16 @@ class Trainer:
     return jax.jit(lambda params, batch: self.model.apply({"params": params}, batch),
                    in_shardings=(self.state_sharding.params, self.batch_sharding))
 
+  def _val_batch(self, local: dict[str, np.ndarray] | None, size: int) -> dict[str, np.ndarray]:
+    """A short (or missing: None) val batch padded to `size` rows: model inputs and labels.
+
+    Padding rows have no modality (all-zero modality_mask) and label -1, so no metric
+    counts them.
+    """
+    if local is None:
+      local = {**model_lib.dummy_batch(self.model_config, 0), "label": np.zeros((0,), np.int64)}
+    return evaluation.pad_batch({k: local[k] for k in MODEL_INPUTS + ("label",)}, size)
+
   def evaluate(self, state: TrainState) -> dict[str, float]:
     """Validation metrics over the whole val split, computed on the mesh (evaluation.py).
 
@@ -389,22 +379,23 @@ class Trainer:
     axes = self.batch_sharding.spec[0]
     parts = []
     for _ in range(num_batches):
-      batch = input_pipeline.to_global_batch(_pad_batch(next(it, None), per_process, c),
+      batch = input_pipeline.to_global_batch(self._val_batch(next(it, None), per_process),
                                              self.mesh, axes)
       parts.append({"embeddings": self._embed(state.params, {k: batch[k] for k in MODEL_INPUTS}),
-                    **{k: batch[k] for k in ("modality_mask", "text_ids", "label")}})
+                    **{k: batch[k] for k in ("modality_mask", INPUT_KEYS["text"], "label")}})
     split = evaluation.concatenate(parts, self.batch_sharding)
     masks = {m: split["modality_mask"][:, MODALITIES.index(m)] for m in self.modalities}
     metrics = evaluation.retrieval_metrics(
         split["embeddings"], masks, contrastive.pairs_for_step("all_pairs", self.modalities, 0),
-        self.mesh, text_ids=split["text_ids"], ks=(1, 5), batch_axes=axes)
+        self.mesh, text_ids=split[INPUT_KEYS["text"]], ks=(1, 5), batch_axes=axes)
     skip = evaluation.zero_shot_skip_reason(info.tokenizer, info.class_names, self.modalities)
     if skip:
       logging.info("zero-shot accuracy not scored: %s", skip)
     else:
       ids, lengths = evaluation.class_prompt_ids(tuple(info.class_names),
                                                  self.model_config.text_len)
-      prompts = evaluation.prompt_batches(ids, lengths, dummy_batch(c, per_process),
+      prompts = evaluation.prompt_batches(
+          ids, lengths, model_lib.dummy_batch(self.model_config, per_process),
                                           jax.process_index(), jax.process_count())
       class_embeddings = evaluation.concatenate(
           [self._embed(state.params, input_pipeline.to_global_batch(b, self.mesh, axes))["text"]
@@ -439,20 +430,12 @@ class Trainer:
         input_pipeline.make_iterator(train_ds, num_workers=c.data.num_workers), self.mesh,
         c.data.device_prefetch, self.data_axes,
         keys=MODEL_INPUTS + (input_pipeline.SKIPPED_CORRUPT,))
-    # cleanup_tmp_directories: a save cut short by a kill leaves a temporary folder
-    # (never restored); remove it at start-up rather than when its step is saved again.
-    manager = ocp.CheckpointManager(
-        storage.absolute(storage.join(self.workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=c.keep_checkpoints,
-                                             enable_async_checkpointing=True,
-                                             cleanup_tmp_directories=True))
+    manager = checkpoint.make_manager(self.workdir, max_to_keep=c.keep_checkpoints,
+                                      async_save=True)
     latest = manager.latest_step()
     if latest is not None:
       logging.info("resuming from the checkpoint of step %d", latest)
-      restored = manager.restore(latest, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(self.abstract_state()),
-          data=grain.checkpoint.CheckpointRestore(train_iter)))
-      state = restored.state
+      state = checkpoint.restore(manager, latest, self.abstract_state(), train_iter)
     else:
       state = self.init_state()
     writer = metric_writer.MetricWriter(self.workdir, enabled=jax.process_index() == 0)
@@ -478,9 +461,7 @@ class Trainer:
 
     def save(step, force=False):
       self.check_finite(state, step)
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)),
-          force=force)
+      checkpoint.save(manager, step, state, train_iter, force=force)
 
     try:
       while step < c.total_steps:
@@ -588,21 +569,6 @@ def check_model_fits_data(model_config, info: records.DatasetInfo, data_dir: str
   if bad:
     raise ValueError(f"the model config does not fit the dataset at {data_dir} "
                      f"({info.name}, skeleton {info.skeleton}); set " + "; ".join(bad))
-
-
-def _pad_batch(local, size: int, config) -> dict[str, np.ndarray]:
-  """A short (or missing) val batch padded to `size` rows: model inputs and labels.
-
-  Padding rows have no modality (all-zero modality_mask) and label -1, so no
-  metric counts them.
-  """
-  keys = MODEL_INPUTS + ("label",)
-  if local is None:
-    local = {**dummy_batch(config, 0), "label": np.zeros((0,), np.int64)}
-  n = len(local["modality_mask"])
-  return {k: np.concatenate([local[k], np.full((size - n,) + local[k].shape[1:],
-                                               -1 if k == "label" else 0, local[k].dtype)])
-          for k in keys}
 
 
 def _eta(steps_left: int, steps_per_s: float) -> str:

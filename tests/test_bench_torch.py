@@ -16,6 +16,7 @@ from configs import pretrain
 from mujo_jax import bench_torch
 from mujo_jax import contrastive
 from mujo_jax import export
+from mujo_jax import model as model_lib
 from mujo_jax import train
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -36,7 +37,7 @@ def tiny_config():
 
 def random_batch(config, rng):
   """A batch with modality gaps, short and empty texts: every mask path is exercised."""
-  host = train.dummy_batch(config, config.batch_size)
+  host = model_lib.dummy_batch(config.model, config.batch_size)
   for key in ("imu", "pose", "video"):
     host[key] = rng.normal(size=host[key].shape).astype(host[key].dtype)
   m = config.model

@@ -1,7 +1,6 @@
 """Tests for the global contrastive loss, its sharded form, pair strategies and recall."""
 
 import collections
-import itertools
 
 import jax
 import jax.numpy as jnp

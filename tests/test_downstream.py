@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 
 from configs import finetune as finetune_config
+from mujo_jax import checkpoint
 from mujo_jax.downstream import finetune
 from mujo_jax.downstream import protocol
-from mujo_jax.downstream import recordings
 from mujo_jax.downstream import windows
+from mujo_jax.sources import recording as recording_lib
+from mujo_jax.sources import resampling
+from mujo_jax import units
 
-CHANNELS = recordings.ACC_CHANNELS + recordings.GYR_CHANNELS
+CHANNELS = recording_lib.ACC_CHANNELS + recording_lib.GYR_CHANNELS
 
 
 def make_recordings(subjects=(1, 2, 3, 4, 5, 6), classes=3, seconds=12.0, rate=100.0,
@@ -41,7 +44,7 @@ def make_recordings(subjects=(1, 2, 3, 4, 5, 6), classes=3, seconds=12.0, rate=1
                 class_names=tuple(f"class_{c}" for c in range(classes)), channel_names=CHANNELS,
                 sample_rate_hz=rate, acc_unit="g", gyr_unit="deg/s")
   fields.update(overrides)
-  return recordings.Recordings(**fields)
+  return recording_lib.Recordings(**fields)
 
 
 # -- the generic .npz format ---------------------------------------------------------------------
@@ -50,8 +53,8 @@ def make_recordings(subjects=(1, 2, 3, 4, 5, 6), classes=3, seconds=12.0, rate=1
 def test_npz_round_trip(tmp_path):
   rec = make_recordings(subjects=(1, 2, 3), splits={"train": (1, 2), "test": (3,)})
   path = str(tmp_path / "data.npz")
-  recordings.save_npz(path, rec)
-  back = recordings.load_npz(path)
+  recording_lib.save_npz(path, rec)
+  back = recording_lib.load_npz(path)
   np.testing.assert_array_equal(back.x, rec.x)
   np.testing.assert_array_equal(back.y, rec.y)
   assert back.class_names == rec.class_names and back.channel_names == CHANNELS
@@ -89,16 +92,16 @@ def _write(path, **fields):
 ])
 def test_npz_validator_names_the_offending_key(tmp_path, fields, key, message):
   path = _write(tmp_path / "bad.npz", **fields)
-  with pytest.raises(recordings.RecordingsError, match=f"bad.npz.*'{key}'.*{message}"):
-    recordings.load_npz(path)
+  with pytest.raises(recording_lib.RecordingsError, match=f"bad.npz.*'{key}'.*{message}"):
+    recording_lib.load_npz(path)
 
 
 def test_npz_with_objects_is_refused_without_pickle(tmp_path):
   path = str(tmp_path / "pickled.npz")
   np.savez(path, x=np.zeros((10, 6), np.float32),
            class_names=np.array(["walk", None], dtype=object))
-  with pytest.raises(recordings.RecordingsError, match="pickled.npz"):
-    recordings.load_npz(path)
+  with pytest.raises(recording_lib.RecordingsError, match="pickled.npz"):
+    recording_lib.load_npz(path)
 
 
 # -- windowing -----------------------------------------------------------------------------------
@@ -112,6 +115,36 @@ def test_units_and_resampling_reach_the_encoder_convention():
   # z was 1 g: 9.81 m/s^2 after conversion; the gyro peak 60 deg/s -> ~1.05 rad/s.
   np.testing.assert_allclose(out.x[..., 2].mean(), 9.80665, atol=0.02)
   np.testing.assert_allclose(np.abs(out.x[..., 3:]).max(), np.deg2rad(60), rtol=0.1)
+
+
+def test_one_resampling_keeps_sines_and_gravity_up_to_the_edges():
+  # Downstream (uniform rates) and pretraining (timestamped streams) share one method: a slow
+  # sine on 1 g stays that sine on the target grid, edges included (no ringing towards zero),
+  # and content above the target's Nyquist frequency is removed, not aliased.
+  rate, target = 100.0, 50.0
+  t = np.arange(1000) / rate
+  slow = np.sin(2 * np.pi * 1.3 * t) + units.STANDARD_GRAVITY
+  fast = 0.5 * np.sin(2 * np.pi * 40.0 * t)      # would alias to 10 Hz at 50 Hz
+  out = resampling.resample(np.stack([slow, slow + fast], 1), rate, target)
+  t_out = np.arange(len(out)) / target
+  expected = np.sin(2 * np.pi * 1.3 * t_out) + units.STANDARD_GRAVITY
+  assert len(out) == 500
+  np.testing.assert_allclose(out[:, 0], expected, atol=0.05)
+  np.testing.assert_allclose(out[10:-10, 1], expected[10:-10], atol=0.02)
+  assert resampling.resample(out, target, target) is out
+  # Jittered timestamps at ~100 Hz with a gap longer than max_gap_s: the same sine on the grid,
+  # NaN inside the gap and outside the samples.
+  jittered = t + np.random.default_rng(0).uniform(-1e-3, 1e-3, len(t))
+  keep = (jittered < 3.0) | (jittered > 3.5)
+  grid = resampling.grid(9.9, target)
+  got = resampling.resample_stream(jittered[keep], slow[keep, None], grid, max_gap_s=0.3)[:, 0]
+  usable = np.isfinite(got)
+  kept = jittered[keep]
+  gap_start, gap_end = kept[kept < 3.0][-1], kept[kept > 3.5][0]
+  np.testing.assert_array_equal(usable, (grid >= kept[0]) & (grid <= kept[-1])
+                                & ~((grid > gap_start) & (grid < gap_end)))
+  np.testing.assert_allclose(got[usable], np.sin(2 * np.pi * 1.3 * grid[usable])
+                             + units.STANDARD_GRAVITY, atol=0.05)
 
 
 def test_windows_never_cross_recordings_and_labels_are_pure():
@@ -147,9 +180,9 @@ def test_short_recordings_are_padded_at_rest_or_dropped():
 
 def test_missing_gyroscope_is_an_error_unless_asked_for_zeros():
   rec = make_recordings(subjects=(1,), classes=1, seconds=10.0)
-  acc_only = recordings.Recordings(
+  acc_only = recording_lib.Recordings(
       x=rec.x[:, :3], y=rec.y, subject=rec.subject, recording=rec.recording,
-      class_names=rec.class_names, channel_names=recordings.ACC_CHANNELS, sample_rate_hz=100.0,
+      class_names=rec.class_names, channel_names=recording_lib.ACC_CHANNELS, sample_rate_hz=100.0,
       acc_unit="g", gyr_unit="rad/s", name="acc_only")
   with pytest.raises(ValueError, match="acc_only has no gyroscope.*missing_gyro=zeros"):
     windows.make_windows(acc_only, windows.WindowConfig())
@@ -193,7 +226,7 @@ def tiny_finetune_config(data_path, **overrides):
   config.data.path = data_path
   config.model.update(width=32, depth=1, num_heads=2, mlp_dim=64, embed_dim=32)
   config.train.update(steps=40, eval_every=10, batch_size=16)
-  config.seeds = "0,1"
+  config.seeds = (0, 1)
   for key, value in overrides.items():
     config[key] = value
   return config
@@ -201,7 +234,7 @@ def tiny_finetune_config(data_path, **overrides):
 
 def test_scratch_run_writes_every_output_and_learns(tmp_path):
   path = str(tmp_path / "data.npz")
-  recordings.save_npz(path, make_recordings())
+  recording_lib.save_npz(path, make_recordings())
   results = finetune.Evaluator(tiny_finetune_config(path), str(tmp_path / "out")).run()
   for name in ("results.json", "results.md", "confusion.png", "f1_vs_fraction.png"):
     assert os.path.getsize(tmp_path / "out" / name) > 0, name
@@ -240,13 +273,12 @@ def pretrained_workdir(tmp_path_factory):
 
 def test_pretrained_modes_and_zero_shot(tmp_path, pretrained_workdir):
   path = str(tmp_path / "data.npz")
-  recordings.save_npz(path, make_recordings(classes=2))
-  config = tiny_finetune_config(path, pretrained=pretrained_workdir, seeds="0", fractions="1.0",
-                                modes="scratch,linear,finetune,zero_shot")
+  recording_lib.save_npz(path, make_recordings(classes=2))
+  config = tiny_finetune_config(path, pretrained=pretrained_workdir, seeds=(0,), fractions=(1.0,),
+                                modes=("scratch", "linear", "finetune", "zero_shot"))
   evaluator = finetune.Evaluator(config, str(tmp_path / "out"))
   assert evaluator.model_config.width == 32      # the pretrained model's config, not the default
-  from mujo_jax import export  # pylint: disable=import-outside-toplevel
-  _, pretrained, _ = export.load_pretrained(pretrained_workdir)
+  _, pretrained, _ = checkpoint.load_pretrained(pretrained_workdir)
   fine = evaluator.initial_params("finetune", seed=0)["imu"]
   scratch = evaluator.initial_params("scratch", seed=0)["imu"]
   leaf = lambda tree: np.asarray(tree["encoder"]["block_0"]["mlp_in"]["kernel"])
@@ -264,15 +296,15 @@ def test_pretrained_modes_and_zero_shot(tmp_path, pretrained_workdir):
 
 def test_without_pretrained_only_scratch_runs(tmp_path):
   path = str(tmp_path / "data.npz")
-  recordings.save_npz(path, make_recordings(subjects=(1, 2, 3), classes=2))
+  recording_lib.save_npz(path, make_recordings(subjects=(1, 2, 3), classes=2))
   evaluator = finetune.Evaluator(tiny_finetune_config(path), str(tmp_path / "out"))
   assert evaluator.modes == ("scratch",)
 
 
 def test_config_lists_are_checked(tmp_path):
   path = str(tmp_path / "data.npz")
-  recordings.save_npz(path, make_recordings(subjects=(1, 2, 3), classes=2))
+  recording_lib.save_npz(path, make_recordings(subjects=(1, 2, 3), classes=2))
   with pytest.raises(ValueError, match="--config.modes: unknown \\['probe'\\]"):
-    finetune.Evaluator(tiny_finetune_config(path, modes="scratch,probe"), str(tmp_path))
-  with pytest.raises(ValueError, match="--config.fractions='0.02,half'"):
-    finetune.Evaluator(tiny_finetune_config(path, fractions="0.02,half"), str(tmp_path))
+    finetune.Evaluator(tiny_finetune_config(path, modes=("scratch", "probe")), str(tmp_path))
+  with pytest.raises(ValueError, match=r"--config.fractions=\(0.02, 'half'\)"):
+    finetune.Evaluator(tiny_finetune_config(path, fractions=(0.02, "half")), str(tmp_path))

@@ -15,6 +15,8 @@ from mujo_jax import model as model_lib
 from mujo_jax import records
 from mujo_jax import tokenizer as tokenizer_lib
 from mujo_jax import train
+from mujo_jax.modalities import MODALITIES
+from mujo_jax.modalities import MODEL_INPUTS
 
 KS = (1, 5)
 
@@ -213,9 +215,9 @@ def host_val_split(trainer, state):
   for local in ds:
     n = len(local["label"])
     # pylint: disable-next=protected-access
-    padded = train._pad_batch(local, c.eval_batch_size, c)
+    padded = trainer._val_batch(local, c.eval_batch_size)
     # pylint: disable-next=protected-access
-    emb = trainer._embed(state.params, {k: padded[k] for k in train.MODEL_INPUTS})
+    emb = trainer._embed(state.params, {k: padded[k] for k in MODEL_INPUTS})
     rows.append({**{m: np.asarray(v)[:n] for m, v in emb.items()},
                  **{k: local[k] for k in ("modality_mask", "text_ids", "label")}})
   return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
@@ -235,7 +237,7 @@ def test_trainer_evaluate_matches_host_references_on_demo_data(demo_dir):
   present = host["modality_mask"].astype(bool)
   captions = np.unique(host["text_ids"], axis=0, return_inverse=True)[1].ravel()
   for a, b in contrastive.all_pairs(trainer.modalities):
-    valid = present[:, train.MODALITIES.index(a)] & present[:, train.MODALITIES.index(b)]
+    valid = present[:, MODALITIES.index(a)] & present[:, MODALITIES.index(b)]
     want = contrastive.retrieval_recall(host[a], host[b], ks=KS, valid=valid)
     for k in KS:
       assert metrics[f"val/r{k}/{a}_to_{b}"] == pytest.approx(want[f"recall@{k}_a_to_b"])
@@ -250,7 +252,7 @@ def test_trainer_evaluate_matches_host_references_on_demo_data(demo_dir):
       {"params": state.params}, {"text_ids": ids, "text_len": lengths},
       modalities=("text",))["text"]
   for m in ("imu", "pose", "video"):
-    scored = present[:, train.MODALITIES.index(m)] & (host["label"] >= 0)
+    scored = present[:, MODALITIES.index(m)] & (host["label"] >= 0)
     pred = (host[m] @ np.asarray(classes).T).argmax(1)
     assert metrics[f"val/zero_shot/{m}_count"] == scored.sum() > 0
     assert metrics[f"val/zero_shot/{m}_acc"] == pytest.approx(

@@ -7,13 +7,13 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from safetensors.numpy import load_file
 
 torch = pytest.importorskip("torch", reason="PyTorch (a test extra: requirements-dev.txt) "
                                             "is needed for the parity test")
 
+from mujo_jax import checkpoint
 from mujo_jax import export
 from mujo_jax import model as model_lib
 from mujo_jax import torch_mujo
@@ -121,9 +121,8 @@ def test_scanned_checkpoint_exports_like_the_unscanned_one(pretrained, tmp_path)
   workdir = tmp_path / "scanned"
   os.makedirs(workdir)
   (workdir / "config.json").write_text(scanned.to_json_best_effort())
-  manager = ocp.CheckpointManager(str(workdir / "checkpoints"),
-                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
-  manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": stacked})))
+  manager = checkpoint.make_manager(str(workdir))
+  checkpoint.save(manager, 5, {"params": stacked})
   manager.wait_until_finished()
   manager.close()
   out = export.export(str(workdir), str(tmp_path / "out"))

@@ -21,7 +21,7 @@ import pytest
 
 from configs import finetune as finetune_config
 from configs import pretrain
-from mujo_jax import export
+from mujo_jax import checkpoint
 from mujo_jax import metric_writer
 from mujo_jax import preflight
 from mujo_jax import records
@@ -108,7 +108,7 @@ def logged_steps(workdir) -> list[int]:
 
 
 def final_params(workdir) -> dict[str, np.ndarray]:
-  _, params, step = export.load_pretrained(str(workdir))
+  _, params, step = checkpoint.load_pretrained(str(workdir))
   assert step == TOTAL_STEPS
   return {"/".join(map(str, k)): v for k, v in _flat(params)}
 

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import example_ids, write_tiny_dataset
+from conftest import example_ids
 from mujo_jax import input_pipeline as ip
 from mujo_jax import records
 from mujo_jax import tfrecord

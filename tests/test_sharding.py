@@ -6,6 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import pretrain
+from mujo_jax import model as model_lib
 from mujo_jax import train
 
 
@@ -22,7 +23,7 @@ def random_batches(config, num, seed=0):
   rng = np.random.default_rng(seed)
   batches = []
   for _ in range(num):
-    batch = train.dummy_batch(config, config.batch_size)
+    batch = model_lib.dummy_batch(config.model, config.batch_size)
     for key in ("imu", "pose", "video"):
       batch[key] = rng.normal(size=batch[key].shape).astype(np.float16)
     batch["text_ids"] = rng.integers(1, 1000, batch["text_ids"].shape).astype(np.int32)

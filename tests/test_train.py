@@ -11,13 +11,14 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import pretrain
+from mujo_jax import checkpoint
 from mujo_jax import contrastive
 from mujo_jax import input_pipeline
 from mujo_jax import metric_writer
+from mujo_jax import model as model_lib
 from mujo_jax import records
 from mujo_jax import tfrecord
 from mujo_jax import train
@@ -177,10 +178,8 @@ def test_nonfinite_steps_are_skipped_and_stop_the_run_and_a_nonfinite_state_is_n
       np.testing.assert_array_equal(x, y)
   checkpoints = tmp_path / "nan_batches" / "checkpoints"
   assert sorted(os.listdir(checkpoints)) == ["2", "4"]
-  manager = ocp.CheckpointManager(str(checkpoints),
-                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
-  saved = manager.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state[
-      "params"]
+  manager = checkpoint.make_manager(str(tmp_path / "nan_batches"))
+  saved = checkpoint.restore(manager, 4, None)["params"]
   manager.close()
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
   for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(trainer.steps[2][2])):
@@ -226,7 +225,7 @@ def test_sharded_steps_match_single_device_steps(demo_dir, tmp_path):
   rng = np.random.default_rng(0)
   batches = []
   for _ in range(3):
-    batch = train.dummy_batch(config, 16)
+    batch = model_lib.dummy_batch(config.model, 16)
     for key in ("imu", "pose", "video"):
       batch[key] = rng.normal(size=batch[key].shape).astype(np.float16)
     batch["text_ids"] = rng.integers(1, 1000, batch["text_ids"].shape).astype(np.int32)

@@ -9,6 +9,7 @@ import pytest
 
 from configs import pretrain
 from mujo_jax import contrastive
+from mujo_jax import model as model_lib
 from mujo_jax import train
 
 MODALITIES = ("imu", "pose", "text")   # three towers: every single pair leaves one out
@@ -27,7 +28,7 @@ def tiny_config():
 
 def random_batch(config, seed):
   rng = np.random.default_rng(seed)
-  batch = train.dummy_batch(config, config.batch_size)
+  batch = model_lib.dummy_batch(config.model, config.batch_size)
   for key in ("imu", "pose", "video"):
     batch[key] = rng.normal(size=batch[key].shape).astype(np.float16)
   batch["text_ids"] = rng.integers(1, 1000, batch["text_ids"].shape).astype(np.int32)
