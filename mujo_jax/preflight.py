@@ -227,7 +227,7 @@ def ensure_data(config: ml_collections.ConfigDict,
   from mujo_jax import records  # pylint: disable=import-outside-toplevel
   if (build_demo is not None and config.data.get("build_demo_if_missing", False)
       and not storage.exists(storage.join(config.data.dir, records.INFO_FILENAME))):
-    logging.info("no dataset at %s yet: building the demo dataset there first (about a minute)",
+    logging.info("no dataset at %s yet: building the demo dataset there first",
                  config.data.dir)
     if jax.process_index() == 0:
       build_demo(config.data.dir)
