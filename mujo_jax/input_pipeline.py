@@ -764,8 +764,8 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, seed: int = 0,
         drop_remainder=drop_remainder and not skip_corrupt)
     # Elements are whole batches: one background reader thread and a short buffer
     # (Grain's defaults, 16 threads and 500 elements, are sized for examples). A
-    # second thread only fights the first for the GIL: on 2 cores it gave 30k
-    # examples/s where one gives 40k. More cores are used through worker processes.
+    # second thread only fights the first for the GIL (README, "Input pipeline
+    # throughput"); more cores are used through worker processes.
     ds = DecodedBatches(ds, source, info, augment_config, seed).to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, 2 * read_threads)))
     if not skip_corrupt:
