@@ -224,15 +224,14 @@ def _prefers_other_side(r: dict, location: str) -> bool:
 
 def workout_files(mmfit_dir: str, workout: str, devices, labels_dir: str | None) -> dict:
   """The files of a workout: pose and labels must exist, device files may be missing (None)."""
-  folder = os.path.join(mmfit_dir, workout)
-  files = {"pose": os.path.join(folder, f"{workout}_pose_3d.npy"),
-           "labels": os.path.join(labels_dir or mmfit_dir, workout, f"{workout}_labels.csv")}
+  files = {"pose": mmfit.file_path(mmfit_dir, workout, "pose_3d"),
+           "labels": mmfit.file_path(mmfit_dir, workout, "labels", labels_dir)}
   for key in ("pose", "labels"):
     if not os.path.isfile(files[key]):
       raise conversion.ConversionError(f"clip {workout!r} ({files[key]}): {key} file not found")
   for device, _ in devices:
     for kind in ("acc", "gyr"):
-      path = os.path.join(folder, f"{workout}_{device}_{kind}.npy")
+      path = mmfit.file_path(mmfit_dir, workout, f"{device}_{kind}")
       files[f"{device}_{kind}"] = path if os.path.isfile(path) else None
   return files
 

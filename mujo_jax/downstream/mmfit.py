@@ -185,10 +185,9 @@ def workout_number(workout: str) -> int:
 
 def workout_files(path: str, labels_dir: str | None, workout: str, device: str) -> dict:
   """The three files one workout needs (the pose, which convert_mmfit requires, is not read)."""
-  folder = os.path.join(path, workout)
-  return {"acc": os.path.join(folder, f"{workout}_{device}_acc.npy"),
-          "gyr": os.path.join(folder, f"{workout}_{device}_gyr.npy"),
-          "labels": os.path.join(labels_dir or path, workout, f"{workout}_labels.csv")}
+  return {"acc": mmfit.file_path(path, workout, f"{device}_acc"),
+          "gyr": mmfit.file_path(path, workout, f"{device}_gyr"),
+          "labels": mmfit.file_path(path, workout, "labels", labels_dir)}
 
 
 def read_workout(workout: str, files: dict, gyr_unit: str, max_gap_s: float) -> Workout:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 
 import numpy as np
 
@@ -76,6 +77,17 @@ class LabelledSet:
   end_frame: int
   reps: int
   exercise: str  # a CLASS_NAMES entry
+
+
+def file_path(root: str, workout: str, kind: str, labels_dir: str | None = None) -> str:
+  """Where the official layout keeps one file of a workout.
+
+  kind: "pose_3d", "labels", or "{device}_{acc|gyr}" (e.g. "sw_l_acc"). The labels may
+  live under their own root (`labels_dir`, e.g. a copy of the label files alone).
+  """
+  if kind == "labels":
+    return os.path.join(labels_dir or root, workout, f"{workout}_labels.csv")
+  return os.path.join(root, workout, f"{workout}_{kind}.npy")
 
 
 def read_labels(path: str) -> list[LabelledSet]:
