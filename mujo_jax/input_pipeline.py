@@ -384,12 +384,12 @@ class _RecordTables:
     """The batch's arrays from the cache: one fancy-index gather per field."""
     out = {}
     for key, values in self.ram.items():
-      picked = values if key != "imu" or location is None else values[:, 0]
-      out[key] = zeros((len(ids),) + picked.shape[1:], values.dtype)
-      if key == "imu" and location is not None:
+      if key == "imu" and location is not None:   # [N, S, ...]: one location per row
+        out[key] = zeros((len(ids),) + values.shape[2:], values.dtype)
         out[key][...] = values[ids, np.maximum(location, 0)]
         out[key][location < 0] = 0
       else:
+        out[key] = zeros((len(ids),) + values.shape[1:], values.dtype)
         np.take(values, ids, axis=0, out=out[key])
     return out
 

@@ -91,15 +91,18 @@ class WorkerPool:
     for key, value in batch.items():
       if (isinstance(value, np.ndarray) and value.nbytes and value.flags.c_contiguous
           and not value.dtype.hasobject):
+        address = value.__array_interface__["data"][0]
         with self._lock:
-          pooled = self._unsent.pop(value.__array_interface__["data"][0], None)
-        if pooled is not None and pooled[1] == value.nbytes:
+          pooled = self._unsent.get(address)
+          # Only the whole array: a smaller view of a pooled array is copied out of it.
+          if pooled is not None and pooled[1] == value.nbytes:
+            del self._unsent[address]
+          else:
+            pooled = None
+        if pooled is not None:
           pooled[2].detach()         # the trainer frees it now
           value = SegmentArray(pooled[0].name, value.shape, value.dtype.str)
         else:
-          if pooled is not None:     # a smaller view of a pooled array: copy out of it
-            with self._lock:
-              self._unsent[value.__array_interface__["data"][0]] = pooled
           got = self._take(value.nbytes)
           if got is not None:
             np.copyto(np.ndarray(value.shape, value.dtype, buffer=got[0].buf), value)

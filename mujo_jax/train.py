@@ -396,7 +396,7 @@ class Trainer:
                                                  self.model_config.text_len)
       prompts = evaluation.prompt_batches(
           ids, lengths, model_lib.dummy_batch(self.model_config, per_process),
-                                          jax.process_index(), jax.process_count())
+          jax.process_index(), jax.process_count())
       class_embeddings = evaluation.concatenate(
           [self._embed(state.params, input_pipeline.to_global_batch(b, self.mesh, axes))["text"]
            for b in prompts], self.batch_sharding)
