@@ -10,13 +10,18 @@ import os
 
 from absl import logging
 
-_OURS = tuple(os.sep + name + os.sep for name in ("mujo_jax", "data_prep"))
+# This project's source folders (mujo_jax/ and data_prep/ beside it). By path prefix, not
+# by a folder name anywhere in the path: a checkout named mujo_jax holds its .venv too.
+_LIBRARY = os.path.dirname(os.path.abspath(__file__))
+_OURS = tuple(os.path.join(p, "") for p in
+              (_LIBRARY, os.path.join(os.path.dirname(_LIBRARY), "data_prep")))
 
 
 class _QuietLibraries(std_logging.Filter):
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or any(p in record.pathname for p in _OURS)
+    return (record.levelno >= std_logging.WARNING
+            or os.path.abspath(record.pathname).startswith(_OURS))
 
 
 def setup() -> None:
