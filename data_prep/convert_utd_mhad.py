@@ -2,7 +2,7 @@ r"""Converts UTD-MHAD (real Kinect skeleton + real wearable IMU) to the record f
 
   python -m data_prep.convert_utd_mhad --utd_mhad_dir=../shared/data/utd_mhad --out_dir=/data/utd \
       [--simulated_locations=true] [--splits="train:1,3,5;val:7;test:2,4,6,8"] \
-      [--subjects=1,2] [--actions=1,2,3] [--workers=N]
+      [--subjects=1,2] [--actions=1,2,3] [--workers=N] [--trial_steps=50]
 
 One record per trial (clip_id aA_sS_tT, window_index 0, no video):
   pose   the real Kinect v1 skeleton, kept as its 20 joints in KINECT_V1_20 order
@@ -34,6 +34,24 @@ reads 9.8 m/s^2, not 0 (zeros are free fall), and repeating the trial would add 
 Trials longer than the window (40 of 861) keep their central window_s, counted as
 "trials_cropped" in conversion_report.json with the seconds cut. --window_s=7 covers every
 trial uncropped (the model's imu_len / pose_len must then match).
+
+--trial_steps=N (the CMC-CMKM protocol, Brinzea et al. 2022: N = 50) instead writes each whole
+trial time-normalised, no window, no padding (dataset_info trial_steps = N; imu_rate_hz and
+pose_rate_hz then name the source rates, 50 Hz and Kinect's nominal 30 fps):
+  imu    the real sensor's whole recording resampled to N samples with scipy.signal.resample
+         (FFT), as the reference's InertialSampler does, still in SI units (the reference
+         keeps the raw g and deg/s; resampling is linear, so the two differ by the unit factor
+         only). Simulated locations, if asked for, are simulated on the full-rate skeleton as
+         above and then resampled the same way.
+  pose   the whole raw skeleton resampled to N frames with scipy.signal.resample along time,
+         as the reference's SkeletonSampler does: Kinect camera frame as stored (metres, y up),
+         not turned z-up and not root-relative, joints in the dataset's order. Each modality is
+         resampled over its own length; the two are not aligned beyond that, as in the reference.
+  The reference recentres the skeleton on joint 2 (spine) of the *raw* first frame and divides
+  by the raw first frame's joint 1 - joint 2 distance before resampling; both are constant
+  over the trial, so doing it after resampling is the same only if the anchor comes from the
+  raw first frame, not the resampled one (FFT resampling treats the trial as periodic, so its
+  first step mixes in the last frame). That recentring is left to the trainer.
 """
 
 from __future__ import annotations
@@ -44,6 +62,7 @@ import dataclasses
 from absl import app
 from absl import flags
 import numpy as np
+from scipy import signal
 
 from data_prep import conversion
 from data_prep import text
@@ -64,6 +83,12 @@ class Settings:
   info: records.DatasetInfo
   simulated_locations: bool
   smoothing_s: float
+
+
+def resample_trial(x: np.ndarray, steps: int, axis: int = 0) -> np.ndarray:
+  """A whole trial's samples along `axis` -> `steps` samples, by FFT (scipy.signal.resample),
+  the reference's InertialSampler / SkeletonSampler."""
+  return signal.resample(x, steps, axis=axis)
 
 
 def parse_splits(spec: str) -> dict[str, tuple[int, ...]]:
@@ -102,14 +127,9 @@ def pad_at_rest(positions: np.ndarray, real: np.ndarray, window: int, rate_hz: f
   return pad_pos, pad_real, n - window
 
 
-def make_clip(task) -> conversion.ClipResult:
-  """One trial -> one record. task = (Trial, Settings, text_ids, text_len)."""
-  trial, settings, text_ids, text_len = task
-  info = settings.info
-  real = utd_mhad.load_inertial(trial)                              # [T_i, 6] SI, 50 Hz
-  skel = utd_mhad.load_skeleton(trial)                              # [T_s, 20, 3] m
-  if info.imu_rate_hz != utd_mhad.INERTIAL_HZ:
-    raise ValueError(f"imu_rate_hz must be {utd_mhad.INERTIAL_HZ} for UTD-MHAD")
+def aligned_positions(trial, real: np.ndarray, skel: np.ndarray) -> np.ndarray:
+  """The skeleton stretched over the inertial recording, z up, on the inertial grid ->
+  [len(real), 20, 3] (module docstring)."""
   fps = utd_mhad.aligned_fps(len(skel), len(real))
   t_grid = np.arange(len(real)) / utd_mhad.INERTIAL_HZ
   positions = conversion.resample_positions(np.arange(len(skel)) / fps,
@@ -123,33 +143,59 @@ def make_clip(task) -> conversion.ClipResult:
     raise conversion.clip_error(trial.name, trial.skeleton_path,
                                 "skeleton does not cover the inertial recording")
   positions[covered[-1] + 1:] = positions[covered[-1]]
-  positions, real, cut = pad_at_rest(positions, real, info.imu_window, info.imu_rate_hz)
+  return positions
 
+
+def simulate_others(trial, settings: Settings, positions: np.ndarray) -> np.ndarray:
+  """The virtual IMU at every location but the real one -> [S - 1, len(positions), 6]."""
+  info = settings.info
+  others = [loc for loc in info.imu_locations if loc != trial.sensor_location]
+  try:
+    return virtual_imu.simulate_imu(positions, fps=info.imu_rate_hz, skeleton=SKELETON,
+                                    locations=others, rate_hz=info.imu_rate_hz,
+                                    smoothing_s=settings.smoothing_s)
+  except ValueError as e:
+    raise conversion.clip_error(trial.name, trial.skeleton_path,
+                                f"virtual IMU failed: {e}") from e
+
+
+def make_clip(task) -> conversion.ClipResult:
+  """One trial -> one record. task = (Trial, Settings, text_ids, text_len)."""
+  trial, settings, text_ids, text_len = task
+  info = settings.info
+  real = utd_mhad.load_inertial(trial)                              # [T_i, 6] SI, 50 Hz
+  skel = utd_mhad.load_skeleton(trial)                              # [T_s, 20, 3] m
+  if info.imu_rate_hz != utd_mhad.INERTIAL_HZ:
+    raise ValueError(f"imu_rate_hz must be {utd_mhad.INERTIAL_HZ} for UTD-MHAD")
   result = conversion.ClipResult()
   result.counts["clips"] += 1
-  if cut > 0:
-    result.counts["trials_cropped"] += 1
-    result.details = {"clip_id": trial.name, "cropped_s": round(cut / info.imu_rate_hz, 3)}
   locations = info.imu_locations
   real_index = locations.index(trial.sensor_location)
+  others = [locations.index(loc) for loc in locations if loc != trial.sensor_location]
   imu = np.zeros((len(locations), info.imu_window, 6), np.float32)
-  imu[real_index] = real
   mask = np.zeros(len(locations), np.int64)
   mask[real_index] = 1
-  if settings.simulated_locations:
-    others = [loc for loc in locations if loc != trial.sensor_location]
-    try:
-      sim = virtual_imu.simulate_imu(positions, fps=info.imu_rate_hz, skeleton=SKELETON,
-                                     locations=others, rate_hz=info.imu_rate_hz,
-                                     smoothing_s=settings.smoothing_s)
-    except ValueError as e:
-      raise conversion.clip_error(trial.name, trial.skeleton_path,
-                                  f"virtual IMU failed: {e}") from e
-    imu[[locations.index(loc) for loc in others]] = sim
-    mask[:] = 1
+  if info.trial_steps:
+    imu[real_index] = resample_trial(real, info.trial_steps)
+    if settings.simulated_locations:
+      positions = aligned_positions(trial, real, skel)
+      imu[others] = resample_trial(simulate_others(trial, settings, positions),
+                                   info.trial_steps, axis=1)
+      mask[:] = 1
+    pose = resample_trial(skel, info.trial_steps)                   # camera frame, as stored
+  else:
+    positions = aligned_positions(trial, real, skel)
+    positions, real, cut = pad_at_rest(positions, real, info.imu_window, info.imu_rate_hz)
+    if cut > 0:
+      result.counts["trials_cropped"] += 1
+      result.details = {"clip_id": trial.name, "cropped_s": round(cut / info.imu_rate_hz, 3)}
+    imu[real_index] = real
+    if settings.simulated_locations:
+      imu[others] = simulate_others(trial, settings, positions)
+      mask[:] = 1
+    pose = conversion.root_relative(positions[::conversion.pose_step(info)], SKELETON)
   result.examples.append({
-      "imu": imu, "imu_location_mask": mask,
-      "pose": conversion.root_relative(positions[::conversion.pose_step(info)], SKELETON),
+      "imu": imu, "imu_location_mask": mask, "pose": pose,
       "text_ids": text_ids, "text_len": text_len, "label": trial.action - 1,
       "clip_id": trial.name, "window_index": 0,
   })
@@ -158,10 +204,13 @@ def make_clip(task) -> conversion.ClipResult:
 
 def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
           splits=utd_mhad.SUBJECT_SPLITS, subjects=None, actions=None, window_s: float = 5.0,
-          smoothing_s: float = SMOOTHING_S, workers: int | None = None,
+          smoothing_s: float = SMOOTHING_S, trial_steps: int = 0, workers: int | None = None,
           records_per_shard: int = 256, imu_locations=virtual_imu.SENSOR_LOCATIONS,
           log=print) -> conversion.Report:
-  """Converts the trials of the chosen subjects and actions into out_dir (module docstring)."""
+  """Converts the trials of the chosen subjects and actions into out_dir (module docstring);
+  trial_steps > 0: whole trials resampled to that many steps instead of window_s windows."""
+  if trial_steps < 0:
+    raise ValueError(f"trial_steps must be >= 0 (0: windows of window_s), got {trial_steps}")
   unpaired: list[str] = []
   trials = utd_mhad.list_trials(utd_mhad_dir, unpaired)
   if subjects:
@@ -181,18 +230,27 @@ def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
       raise conversion.ConversionError(f"trial {t.name}: its real sensor location {sensor!r} "
                                        f"is not among imu_locations {list(imu_locations)}")
   tokenizer = text.load_tokenizer()
+  if trial_steps:
+    timing = dict(trial_steps=trial_steps, pose_rate_hz=utd_mhad.NOMINAL_SKELETON_FPS)
+    pose_units = (f"metres, Kinect camera frame as stored (y up), not root-relative; whole "
+                  f"trial resampled to {trial_steps} frames (scipy.signal.resample)")
+    layout = (f"whole trials, each modality resampled to {trial_steps} steps "
+              "(scipy.signal.resample, as CMC-CMKM)")
+  else:
+    timing = {}
+    pose_units = ("metres, root-relative (root: hip_center), Kinect camera frame turned so "
+                  "that +z is up")
+    layout = "trials centred and padded at rest"
   info = records.DatasetInfo(
       name="utd_mhad", imu_locations=tuple(imu_locations),
       joint_names=skeletons.get_skeleton(SKELETON).joint_names, class_names=utd_mhad.ACTIONS,
       tokenizer=text.TOKENIZER_NAME, vocab_size=tokenizer.vocab_size,
-      pad_id=tokenizer.pad_token_id, skeleton=SKELETON, window_s=window_s,
-      pose_units="metres, root-relative (root: hip_center), Kinect camera frame turned so that "
-                 "+z is up",
-      video_features="none (UTD-MHAD has no video features)",
+      pad_id=tokenizer.pad_token_id, skeleton=SKELETON, window_s=window_s, **timing,
+      pose_units=pose_units, video_features="none (UTD-MHAD has no video features)",
       source=("UTD-MHAD (Chen et al., ICIP 2015), data_prep/convert_utd_mhad.py: real Kinect "
               "skeleton; real IMU at right_wrist (a1-a21) / right_thigh (a22-a27), other "
               f"locations {'simulated, mask 1' if simulated_locations else 'zero, mask 0'}; "
-              "trials centred and padded at rest"))
+              f"{layout}"))
   ids, lens = text.tokenize(tokenizer, utd_mhad.ACTIONS, info.text_len)
   settings = Settings(info, simulated_locations, smoothing_s)
   tasks = collections.defaultdict(list)
@@ -202,7 +260,8 @@ def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
                      "splits": {k: list(v) for k, v in splits.items()},
                      "subjects": sorted({t.subject for t in trials}),
                      "actions": sorted({t.action for t in trials}), "window_s": window_s,
-                     "smoothing_s": smoothing_s, "unpaired_files_skipped": len(unpaired)}
+                     "smoothing_s": smoothing_s, "trial_steps": trial_steps,
+                     "unpaired_files_skipped": len(unpaired)}
   return conversion.convert(out_dir, info, tasks, make_clip, workers=workers,
                             records_per_shard=records_per_shard, settings=report_settings,
                             log=log, name="convert_utd_mhad")
@@ -225,6 +284,8 @@ def define_flags():
   flags.DEFINE_list("actions", None, "Convert only these actions, 1-27 (default: all).")
   flags.DEFINE_float("window_s", 5.0, "Window length in seconds.")
   flags.DEFINE_float("smoothing_s", SMOOTHING_S, "Virtual IMU smoothing window (s).")
+  flags.DEFINE_integer("trial_steps", 0, "> 0: one record per whole trial, both modalities "
+                       "resampled to this many steps (CMC-CMKM: 50); 0: windows of window_s.")
   flags.DEFINE_integer("workers", None, "Worker processes (default: all CPUs; 0: in-process).")
   flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
 
@@ -236,7 +297,8 @@ def main(argv):
         splits=parse_splits(FLAGS.splits),
         subjects=[int(s) for s in FLAGS.subjects] if FLAGS.subjects else None,
         actions=[int(a) for a in FLAGS.actions] if FLAGS.actions else None,
-        window_s=FLAGS.window_s, smoothing_s=FLAGS.smoothing_s, workers=FLAGS.workers,
+        window_s=FLAGS.window_s, smoothing_s=FLAGS.smoothing_s, trial_steps=FLAGS.trial_steps,
+        workers=FLAGS.workers,
         records_per_shard=FLAGS.records_per_shard)
 
 

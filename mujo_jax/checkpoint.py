@@ -67,19 +67,15 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
   return manager.restore(step, args=ocp.args.Composite(**items))[STATE]
 
 
-def load_pretrained(workdir: str, step: int | None = None):
-  """(config, params as numpy, step) of a pretraining workdir's checkpoint (default: latest).
-
-  Restores onto one local device, whatever mesh the checkpoint was saved from, and checks
-  the parameters against the shapes the workdir's config.json implies, naming the first
-  mismatches.
-  """
+def load_state(workdir: str, step: int | None = None):
+  """(config, the whole saved train state as numpy, step) of a workdir's checkpoint (default:
+  latest), restored onto one local device whatever mesh it was saved from."""
   config_path = storage.join(workdir, "config.json")
   try:
     config = ml_collections.ConfigDict(storage.read_json(config_path))
   except FileNotFoundError:
     raise FileNotFoundError(
-        f"{config_path} not found: is {workdir} a mujo_jax pretraining workdir?") from None
+        f"{config_path} not found: is {workdir} a mujo_jax training workdir?") from None
   manager = make_manager(workdir)
   try:
     steps = manager.all_steps()
@@ -92,9 +88,21 @@ def load_pretrained(workdir: str, step: int | None = None):
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           manager.item_metadata(step)[STATE])
-    params = jax.tree.map(np.asarray, restore(manager, step, target)["params"])
+    state = jax.tree.map(np.asarray, restore(manager, step, target))
   finally:
     manager.close()
+  return config, state, step
+
+
+def load_pretrained(workdir: str, step: int | None = None):
+  """(config, params as numpy, step) of a pretraining workdir's checkpoint (default: latest).
+
+  Restores onto one local device, whatever mesh the checkpoint was saved from, and checks
+  the parameters against the shapes the workdir's config.json implies, naming the first
+  mismatches.
+  """
+  config, state, step = load_state(workdir, step)
+  params = state["params"]
   model_config = config.model
   expected = jax.eval_shape(
       lambda: model_lib.MuJo(model_config).init(

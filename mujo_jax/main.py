@@ -70,6 +70,10 @@ def main(argv):
     from mujo_jax import train  # pylint: disable=import-outside-toplevel
     train.Trainer(config, workdir).train()
     logging.info("done; metrics in %s", storage.join(workdir, "metrics.jsonl"))
+  elif config.mode == "peers":
+    from mujo_jax import peers  # pylint: disable=import-outside-toplevel
+    peers.run(config, workdir)
+    logging.info("done; results in %s", storage.join(workdir, "results.md"))
   else:
     from mujo_jax.downstream import finetune  # pylint: disable=import-outside-toplevel
     finetune.Evaluator(config, workdir).run()

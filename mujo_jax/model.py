@@ -184,6 +184,7 @@ class TokenDense(nn.Module):
   use_bias: bool = True
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.xavier_uniform()
+  bias_init: Any = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -195,7 +196,7 @@ class TokenDense(nn.Module):
     y = jnp.dot(x.reshape(-1, fan_in).astype(self.dtype),
                 kernel.reshape(fan_in, fan_out).astype(self.dtype))
     if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros, tuple(self.features), jnp.float32)
+      bias = self.param("bias", self.bias_init, tuple(self.features), jnp.float32)
       y = y + bias.reshape(fan_out).astype(self.dtype)
     return y.reshape(lead + tuple(self.features))
 

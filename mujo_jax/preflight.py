@@ -33,7 +33,7 @@ from absl import logging
 from mujo_jax import storage
 
 CONFIG_FILENAME = "config.json"
-JOB_MODES = ("pretrain", "finetune")
+JOB_MODES = ("pretrain", "finetune", "peers", "peer_stage")
 # config.model fields that choose how a step computes, not which parameters exist:
 # free to change when resuming (e.g. turn on remat to fit a larger batch).
 MODEL_COMPUTE_OPTIONS = ("dtype", "attention_impl", "remat")
@@ -256,7 +256,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str,
   if changed:
     logging.info("resuming with settings changed since the last run: %s", "; ".join(
         f"{k} {there!r} -> {now!r}" for k, (there, now) in changed.items()))
-  if config.mode == "pretrain":
+  if config.mode in ("pretrain", "peers", "peer_stage"):
     ensure_data(config, build_demo)
   if jax.process_index() == 0:
     storage.write_text(storage.join(workdir, CONFIG_FILENAME),

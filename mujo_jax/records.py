@@ -9,7 +9,9 @@ joined buffers), not a walk over a float_list:
 
   imu           float16 [S, imu_rate*window, 6]   acc xyz (m/s^2, incl. gravity), gyr xyz (rad/s),
                                                   each sensor in its own frame
-  pose          float16 [pose_rate*window, J, 3]  metres, root-relative
+  pose          float16 [pose_rate*window, J, 3]  metres, root-relative (dataset_info pose_units)
+  (with DatasetInfo.trial_steps > 0 both time axes are trial_steps long instead: one whole
+  trial per record, time-normalised)
   video         float16 [video_steps, video_dim]  per-step video features
   text_ids      int32   [text_len]                token ids, padded with pad_id
   text_len      int64                             number of real tokens
@@ -110,6 +112,10 @@ class DatasetInfo:
   pad_id: int
   skeleton: str = "h36m17"
   window_s: float = 5.0
+  # > 0: each record is one whole trial resampled to this many steps (imu and pose alike), as
+  # in protocols that time-normalise trials; the rates then describe the source, not the
+  # record, and window_s does not apply. 0: real-time windows of window_s.
+  trial_steps: int = 0
   imu_rate_hz: float = 50.0
   pose_rate_hz: float = 25.0
   video_steps: int = 8
@@ -125,11 +131,18 @@ class DatasetInfo:
 
   @property
   def imu_window(self) -> int:
-    return _samples(self.imu_rate_hz, self.window_s)
+    return self._steps(self.imu_rate_hz)
 
   @property
   def pose_window(self) -> int:
-    return _samples(self.pose_rate_hz, self.window_s)
+    return self._steps(self.pose_rate_hz)
+
+  def _steps(self, rate_hz: float) -> int:
+    if self.trial_steps:
+      if not isinstance(self.trial_steps, int) or self.trial_steps < 0:
+        raise RecordFormatError(f"trial_steps {self.trial_steps!r} is not a whole number >= 0")
+      return self.trial_steps
+    return _samples(rate_hz, self.window_s)
 
   def array_specs(self) -> dict[str, ArraySpec]:
     return {

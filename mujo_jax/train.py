@@ -213,8 +213,8 @@ class Trainer:
     self.mesh = make_mesh(config, devices)
     self.model_config = ml_collections.ConfigDict(config.model)
     self.model_config.dtype = model_lib.compute_dtype(config.compute_dtype)
-    self.model = model_lib.MuJo(self.model_config)
-    self.tx, self.schedule = make_optimizer(config)
+    self.model = self.make_model(self.model_config)
+    self.tx, self.schedule = self.make_optimizer(config)
     self.modalities = tuple(m for m in MODALITIES if m in self.model_config.modalities)
     if config.batch_size % self.mesh.size:
       raise ValueError(f"batch_size {config.batch_size} is not divisible by "
@@ -228,6 +228,22 @@ class Trainer:
     self.state_sharding = shardings_from_rules(abstract, config.param_sharding_rules, self.mesh)
     self._steps = {}
     self._nonfinite_check = None
+
+  def make_model(self, model_config: ml_collections.ConfigDict) -> flax.linen.Module:
+    return model_lib.MuJo(model_config)
+
+  def make_optimizer(self, config: ml_collections.ConfigDict):
+    return make_optimizer(config)
+
+  def make_train_dataset(self, process_batch: int):
+    """This process's training batches, endless (an IterDataset)."""
+    c = self.config
+    return input_pipeline.make_dataset(
+        c.data.dir, c.data.train_split, batch_size=process_batch, seed=c.seed,
+        augment_config=input_pipeline.AugmentConfig(
+            imu_locations=c.data.imu_locations, modality_dropout=c.data.modality_dropout),
+        skip_corrupt=c.data.skip_corrupt, crc_check=c.data.crc_check,
+        cache_in_memory=c.data.cache_in_memory, **remote_read_options(c))
 
   def _init(self, rng) -> TrainState:
     batch = jax.tree.map(jnp.asarray, model_lib.dummy_batch(self.model_config, 2))
@@ -246,6 +262,17 @@ class Trainer:
   def abstract_batch(self, batch_size: int):
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
             for k, v in model_lib.dummy_batch(self.model_config, batch_size).items()}
+
+  # The batch fields a train step takes (subclasses add e.g. labels).
+  batch_keys = MODEL_INPUTS
+
+  def pair_sets(self) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """Every set of modality pairs a step may use; one compiled step each."""
+    return contrastive.step_pair_sets(self.config.loss.strategy, self.modalities)
+
+  def pairs_for_step(self, step: int) -> tuple[tuple[str, str], ...]:
+    return contrastive.pairs_for_step(self.config.loss.strategy, self.modalities, step,
+                                      self.config.seed)
 
   def towers_in(self, pairs) -> tuple[str, ...]:
     """The enabled modalities that the modality pairs `pairs` use."""
@@ -274,6 +301,16 @@ class Trainer:
   def _train_step(self, state: TrainState, batch, *, pairs):
     needed = self.towers_in(pairs)
     (loss, (per_pair, scale)), grads = self.loss_and_grads(state.params, batch, pairs=pairs)
+    updated, metrics = self.apply_gradients(state, grads, loss, needed)
+    metrics["logit_scale"] = scale
+    metrics.update({f"loss/{k}": v for k, v in per_pair.items()})
+    return updated, metrics
+
+  def apply_gradients(self, state: TrainState, grads, loss, needed: Sequence[str],
+                      **new_fields):
+    """(state after one optimizer step, metrics); the step's update is skipped when the loss
+    or a gradient is not finite. `needed`: the towers that took part; `new_fields`: other
+    state fields the step computed (e.g. BatchNorm statistics), kept only with the update."""
     grad_norm = optax.global_norm(grads)
 
     def update(state):
@@ -287,7 +324,7 @@ class Trainer:
       # schedule's) is shared by all parameters and does advance: a tower that
       # sat steps out gets the bias correction of the global count (~1 after a
       # few hundred steps anyway).
-      return keep_towers(state.replace(params=params, opt_state=opt_state), state,
+      return keep_towers(state.replace(params=params, opt_state=opt_state, **new_fields), state,
                          tuple(m for m in self.modalities if m not in needed))
 
     # A non-finite loss or gradient (global_norm is NaN/inf if any leaf is)
@@ -299,13 +336,12 @@ class Trainer:
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updated = jax.lax.cond(finite, update, lambda state: state, state)
     clip = self.config.optim.grad_clip_norm
-    metrics = {"loss": loss, "logit_scale": scale, "grad_norm": grad_norm,
+    metrics = {"loss": loss, "grad_norm": grad_norm,
                "clip_factor": jnp.minimum(1.0, clip / grad_norm),
                "grad_norm/logit_scale": jnp.abs(grads["log_logit_scale"]),
                "learning_rate": self.schedule(applied_updates(state.opt_state)),
                "skipped": 1.0 - finite.astype(jnp.float32)}
     metrics.update({f"grad_norm/{m}": optax.global_norm(grads[m]) for m in needed})
-    metrics.update({f"loss/{k}": v for k, v in per_pair.items()})
     return updated.replace(step=state.step + 1), metrics
 
   def compiled_step(self, pairs: tuple[tuple[str, str], ...], batch_size: int | None = None):
@@ -418,18 +454,13 @@ class Trainer:
     c = self.config
     check_model_fits_data(self.model_config, records.DatasetInfo.load(c.data.dir), c.data.dir)
     process_batch = c.batch_size // jax.process_count()
-    train_ds = input_pipeline.make_dataset(
-        c.data.dir, c.data.train_split, batch_size=process_batch, seed=c.seed,
-        augment_config=input_pipeline.AugmentConfig(
-            imu_locations=c.data.imu_locations, modality_dropout=c.data.modality_dropout),
-        skip_corrupt=c.data.skip_corrupt, crc_check=c.data.crc_check,
-        cache_in_memory=c.data.cache_in_memory, **remote_read_options(c))
+    train_ds = self.make_train_dataset(process_batch)
     # Global batches, `device_prefetch` of them already copied to the devices; the
     # wrapper's state is the host pipeline's as of the batch last handed out.
     train_iter = input_pipeline.prefetch_to_device(
         input_pipeline.make_iterator(train_ds, num_workers=c.data.num_workers), self.mesh,
         c.data.device_prefetch, self.data_axes,
-        keys=MODEL_INPUTS + (input_pipeline.SKIPPED_CORRUPT,))
+        keys=self.batch_keys + (input_pipeline.SKIPPED_CORRUPT,))
     manager = checkpoint.make_manager(self.workdir, max_to_keep=c.keep_checkpoints,
                                       async_save=True)
     latest = manager.latest_step()
@@ -448,7 +479,7 @@ class Trainer:
     # Compile every step this strategy can take, and the check run before saves,
     # before the clock starts: compile errors and memory show up first, and no
     # compilation stalls the loop later (random_pair may draw a pair set late).
-    for pairs in contrastive.step_pair_sets(c.loss.strategy, self.modalities):
+    for pairs in self.pair_sets():
       self.compiled_step(pairs)
     self.compiled_nonfinite_check()
     max_skipped = int(c.optim.max_consecutive_nonfinite)
@@ -465,7 +496,7 @@ class Trainer:
 
     try:
       while step < c.total_steps:
-        pairs = contrastive.pairs_for_step(c.loss.strategy, self.modalities, step, c.seed)
+        pairs = self.pairs_for_step(step)
         step_fn = self.compiled_step(pairs)
         batch = next(train_iter)
         skipped_corrupt = skipped_corrupt + batch.pop(input_pipeline.SKIPPED_CORRUPT).sum()
@@ -506,9 +537,11 @@ class Trainer:
         if c.eval_every and (step % c.eval_every == 0 or step == c.total_steps):
           val = self.evaluate(state)
           writer.write(step, val)
-          logging.info("step %d validation: %s", step, "  ".join(
-              f"{k.removeprefix('val/')} {v:.3f}" for k, v in sorted(val.items())
-              if k.startswith(("val/r1/", "val/r1_caption/")) and "_to_" not in k))
+          shown = [k for k in sorted(val) if k.startswith(("val/r1/", "val/r1_caption/"))
+                   and "_to_" not in k] or sorted(val)
+          if shown:
+            logging.info("step %d validation: %s", step, "  ".join(
+                f"{k.removeprefix('val/')} {val[k]:.3f}" for k in shown))
           timer.reset(step)
         stop = preempted.reached(step) or step == stop_at_step
         if stop or step % c.checkpoint_every == 0 or step == c.total_steps:

@@ -100,7 +100,7 @@ def test_incompatible_checkpoint_and_files_fail_clearly(pretrained, tmp_path):
     export.export(str(bad), str(tmp_path / "out"))
   with pytest.raises(ValueError, match="no checkpoint of step 7"):
     export.export(workdir, str(tmp_path / "out"), step=7)
-  with pytest.raises(FileNotFoundError, match="config.json not found: is .* a mujo_jax pretraining workdir"):
+  with pytest.raises(FileNotFoundError, match="config.json not found: is .* a mujo_jax training workdir"):
     export.export(str(tmp_path / "nothing"), str(tmp_path / "out"))
   exported = export.export_config(config, 3, workdir)
   exported["towers"]["imu"]["width"] = 64
