@@ -12,6 +12,8 @@ Arguments after the colon (comma-separated):
   semi       score the label fractions 1%, 5%, 10%, 100% (stratified per class) instead of 100%
   epochs=N   epochs of every stage (default 100, the paper's)
   seeds=N    number of seeds (default 3)
+  finetune   also fine-tune the pretrained encoders with the fusion head (finetune_mm; simclr_imu
+             always fine-tunes: finetune_imu)
 A method is a list of stages (config.stages, in config.stage_order), each one run of the trainer
 (mujo_jax/peer_train.py) in DIR/<stage>/seed_<s>; a stage names earlier stages of the same seed in
 `init_from` (its encoders start from that stage's) and `loss.mining_from` (CMKM's frozen SimCLR
@@ -107,7 +109,7 @@ def evaluation(kind: str, modalities, source: str = "", **fields) -> ml_collecti
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, method="cmc_cmkm", semi=False, epochs=100, seeds=3)
+  arg = common.parse_arg(arg, method="cmc_cmkm", semi=False, epochs=100, seeds=3, finetune=False)
   method = arg["method"]
   if method not in METHODS:
     raise ValueError(f"configs/peers.py:method={method!r}; known: {METHODS}")
@@ -144,7 +146,10 @@ def get_config(arg=None):
       pretrain.model.update(dict(width=128, depth=2, num_heads=4, mlp_dim=512, embed_dim=128,
                                  projection=()))
     stages["pretrain"] = pretrain
-    for kind, modalities in (("linear_mm", mm), ("linear_imu", imu), ("finetune_mm", mm)):
+    evaluations = [("linear_mm", mm), ("linear_imu", imu)]
+    if arg["finetune"]:
+      evaluations.append(("finetune_mm", mm))
+    for kind, modalities in evaluations:
       ev = evaluation(kind, modalities, "pretrain")
       ev.model = ml_collections.ConfigDict(pretrain.model.to_dict())
       ev.model.modalities = modalities

@@ -82,7 +82,10 @@ def export_config(config, step: int, workdir: str) -> dict:
               "channels": list(info.imu_channels if info else records.IMU_CHANNELS),
               "units": dict(info.imu_units if info else records.IMU_UNITS),
               "frame": "each sensor's own frame; one sensor location per example",
-              "trained_locations": list(info.imu_locations) if info else None},
+              "trained_locations": list(info.imu_locations) if info else None,
+              # > 0: each input is one whole trial resampled to this many steps; rate_hz and
+              # window_s then describe the source recording, not the input.
+              "trial_steps": info.trial_steps if info else 0},
       "pose": {"input_shape": [m.pose_len, m.num_joints, 3], "patch_frames": m.pose_patch,
                "rate_hz": info.pose_rate_hz if info else m.pose_len / 5.0,
                "skeleton": info.skeleton if info else None,

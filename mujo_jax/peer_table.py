@@ -26,7 +26,7 @@ from absl import logging
 from mujo_jax import console
 from mujo_jax import storage
 
-METHODS = ("supervised_imu", "supervised_mm", "simclr_imu", "cmc", "cmc_cmkm", "mujo_cnn", "mujo")
+METHODS = ("supervised_imu", "supervised_mm", "simclr_imu", "cmc", "cmc_cmkm", "mujo", "mujo_cnn")
 SEMI_METHODS = ("supervised_mm", "cmc_cmkm")
 
 flags.DEFINE_string("workdir", None, "Root of the rows' workdirs.", required=True)

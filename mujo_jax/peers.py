@@ -53,7 +53,10 @@ def stage_config(config: ml_collections.ConfigDict, stage: str, seed: int, fract
     c.model.num_classes = len(info.class_names)
   num_train = info.splits[c.data.train_split].num_examples
   examples = num_train if fraction == 1.0 else labelled_count(config, fraction, seed)
-  c.batch_size = min(c.batch_size, examples)
+  # At most the examples there are, and a multiple of the devices (at least one each; a
+  # batch larger than a tiny label fraction then repeats examples).
+  devices = jax.device_count()
+  c.batch_size = max(devices, min(c.batch_size, examples) // devices * devices)
   steps_per_epoch = max(1, math.ceil(examples / c.batch_size))
   c.total_steps = c.epochs * steps_per_epoch
   c.checkpoint_every = c.total_steps
