@@ -24,9 +24,11 @@ import ml_collections
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from mujo_jax import peer_train
 from mujo_jax import preflight
 from mujo_jax import records
 from mujo_jax import storage
+from mujo_jax.downstream import protocol
 
 RESULT_FILENAME = "result.json"
 
@@ -68,8 +70,6 @@ def stage_config(config: ml_collections.ConfigDict, stage: str, seed: int, fract
 
 def labelled_count(config, fraction: float, seed: int) -> int:
   """How many training examples a stratified label fraction keeps (peer_train's selection)."""
-  from mujo_jax import peer_train  # pylint: disable=import-outside-toplevel
-  from mujo_jax.downstream import protocol  # pylint: disable=import-outside-toplevel
   first = config.stages[config.stage_order[0]]
   probe = ml_collections.ConfigDict(first.to_dict())
   probe.data.dir = config.data.dir
@@ -79,7 +79,6 @@ def labelled_count(config, fraction: float, seed: int) -> int:
 
 def run_stage(c: ml_collections.ConfigDict, directory: str, scored: bool) -> dict:
   """Trains one stage; for an evaluation stage also scores its best state on the test split."""
-  from mujo_jax import peer_train  # pylint: disable=import-outside-toplevel
   preflight.prepare_workdir(c, directory)
   start = time.time()
   trainer = peer_train.PeerTrainer(c, directory)
