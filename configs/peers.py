@@ -25,6 +25,7 @@ each, printed beside ours in DIR/results.md.
 import ml_collections
 
 from configs import common
+from mujo_jax import augment
 from mujo_jax import peer_model
 
 METHODS = ("supervised_imu", "supervised_mm", "simclr_imu", "cmc", "cmc_cmkm", "mujo", "mujo_cnn")
@@ -68,10 +69,19 @@ def stage(objective: str, modalities=("imu", "pose"), *, encoders=None, epochs: 
       objective=objective, strategy="all_pairs", temperature=0.1, modality="",
       mining_from=ml_collections.ConfigDict({m: "" for m in modalities}), cmkm_k=1,
       intra_negative_weight=1.0, intra_temperature=1.0, chunk_size=0))
-  config.augment = ml_collections.ConfigDict(dict(probability=0.75, imu=(), pose=()))
+  config.augment = ml_collections.ConfigDict(dict(
+      probability=0.75, imu=(), pose=(), params=ml_collections.ConfigDict({"pose": {}})))
   if objective != "supervised":
     config.augment.imu = CMKM_IMU_AUGMENTATIONS
     config.augment.pose = CMKM_POSE_AUGMENTATIONS
+  # The reference's supervised and evaluation runs (Lightning): the learning rate halves when
+  # validation accuracy has not improved for `patience` epochs (ReduceLROnPlateau, mode max;
+  # 5 for its multimodal classifier, 10 for its single-modality ones) and training stops when
+  # the validation loss has not improved for 50 epochs. Self-supervised stages have neither.
+  supervised = objective == "supervised"
+  config.plateau = ml_collections.ConfigDict(dict(
+      factor=0.5, threshold=1e-4, patience=(5 if len(modalities) > 1 else 10) if supervised else 0))
+  config.early_stopping_patience = 50 if supervised else 0
   config.freeze = ()
   config.init_from = ""            # a stage name (resolved per seed) or a workdir
   config.init_modalities = ()
@@ -126,7 +136,14 @@ def get_config(arg=None):
   if method == "supervised_imu":
     stages["supervised"] = evaluation("supervised", imu)
   elif method == "supervised_mm":
-    stages["supervised"] = evaluation("supervised", mm)
+    # The reference's multimodal supervised run: its skeleton training transforms (crop,
+    # jitter, rotation; augment.POSE_SUPERVISED_*), and its inertial encoder at the
+    # CNNTransformer's default kernel size 3 (its config sets no kernel_size: 50 steps out).
+    sup = evaluation("supervised", mm)
+    sup.augment.update(dict(probability=1.0, pose=augment.POSE_SUPERVISED_AUGMENTATIONS))
+    sup.augment.params.pose = dict(augment.POSE_SUPERVISED_PARAMS)
+    sup.model.encoder_kwargs.imu = {"kernel_size": 3}
+    stages["supervised"] = sup
   elif method == "simclr_imu":
     stages["simclr_imu"] = stage("simclr", imu, loss=dict(modality="imu"))
     stages["linear_imu"] = evaluation("linear_imu", imu, "simclr_imu")

@@ -59,6 +59,18 @@ POSE_ROTATION_DEGREES: tuple[int, ...] = tuple(range(-10, 11, 2))
 POSE_SHEAR_BETA = 0.2
 # Joint that skeleton rotation and scaling are centred on, per frame (see module docstring).
 POSE_TRANSFORM_CENTER_JOINT = 0
+# The skeleton parameters `make_augmenter(params=...)` can override, and their defaults above.
+POSE_PARAMS = {"jitter_sigma": POSE_JITTER_SIGMA, "crop_fraction": POSE_CROP_FRACTION,
+               "scaling_range": POSE_SCALING_RANGE, "rotation_degrees": POSE_ROTATION_DEGREES,
+               "shear_beta": POSE_SHEAR_BETA}
+# The reference's *supervised* multimodal run trains on differently augmented skeletons
+# (configs/supervised/mm_inertial_skeleton_supervised_utd.yaml), each transform always applied:
+# VariableLengthRandomCrop(crop_p=0.7) of the raw trial before it is resampled to 50 frames
+# (= crop-and-resize keeping floor(U(0.7, 1) * T) frames), Jittering(sigma=0.01) and
+# RandomRotation(-5..5 degrees in steps of 1, about joint 0). Its inertial data is not augmented.
+POSE_SUPERVISED_AUGMENTATIONS = ("jitter", "crop_and_resize", "rotation")
+POSE_SUPERVISED_PARAMS = {"jitter_sigma": 0.01, "crop_fraction": (0.7, 1.0),
+                          "rotation_degrees": tuple(range(-5, 6))}
 
 _RAD_S_TO_DEG_S = 180.0 / math.pi
 
@@ -147,24 +159,27 @@ def _imu_channel_shuffle(key, x):
 
 
 @functools.cache
-def _crop_resample_table(length: int) -> tuple[int, np.ndarray]:
+def _crop_resample_table(length: int, fraction: tuple[float, float] = POSE_CROP_FRACTION
+                         ) -> tuple[int, np.ndarray]:
   """(shortest crop, [n_crops, length, longest crop]): Fourier resampling of each crop length.
 
   Column k of table[i] is scipy.signal.resample of a unit impulse at k in a crop of
   shortest + i frames; the resampling is linear, so table[i] @ crop is the resampled crop.
   """
-  lo = max(1, math.floor(POSE_CROP_FRACTION[0] * length))
-  hi = min(length, max(lo, math.floor(POSE_CROP_FRACTION[1] * length)))
+  lo = max(1, math.floor(fraction[0] * length))
+  hi = min(length, max(lo, math.floor(fraction[1] * length)))
   table = np.zeros((hi - lo + 1, length, hi), np.float64)
   for i, n in enumerate(range(lo, hi + 1)):
     table[i, :, :n] = signal.resample(np.eye(n), length, axis=0)
   return lo, table
 
 
-def _crop_and_resize(x: jax.Array, start: jax.Array, crop_length: jax.Array) -> jax.Array:
-  """[T, ...]: frames start .. start + crop_length - 1, Fourier-resampled back to T frames."""
+def _crop_and_resize(x: jax.Array, start: jax.Array, crop_length: jax.Array,
+                     fraction: tuple[float, float] = POSE_CROP_FRACTION) -> jax.Array:
+  """[T, ...]: frames start .. start + crop_length - 1, Fourier-resampled back to T frames
+  (crop_length within `fraction` of T)."""
   length = x.shape[0]
-  lo, table = _crop_resample_table(length)
+  lo, table = _crop_resample_table(length, tuple(fraction))
   weights = jnp.asarray(table, x.dtype)[jnp.clip(crop_length - lo, 0, table.shape[0] - 1)]
   frames = jnp.clip(start + jnp.arange(table.shape[2]), 0, length - 1)
   return jnp.einsum("tk,k...->t...", weights, x[frames], precision=jax.lax.Precision.HIGHEST)
@@ -186,16 +201,16 @@ def _shear_matrix(factors: jax.Array) -> jax.Array:
   return jnp.ones((3, 3), factors.dtype) * factors[:, None] * (1 - jnp.eye(3)) + jnp.eye(3)
 
 
-def _pose_jitter(key, x):
-  return x + POSE_JITTER_SIGMA * jax.random.normal(key, x.shape, x.dtype)
+def _pose_jitter(key, x, p):
+  return x + p["jitter_sigma"] * jax.random.normal(key, x.shape, x.dtype)
 
 
-def _pose_crop_and_resize(key, x):
+def _pose_crop_and_resize(key, x, p):
   length_key, start_key = jax.random.split(key)
-  fraction = jax.random.uniform(length_key, (), jnp.float32, *POSE_CROP_FRACTION)
+  fraction = jax.random.uniform(length_key, (), jnp.float32, *p["crop_fraction"])
   crop_length = jnp.floor(fraction * x.shape[0]).astype(jnp.int32)
   start = jax.random.randint(start_key, (), 0, x.shape[0] - crop_length + 1)
-  return _crop_and_resize(x, start, crop_length)
+  return _crop_and_resize(x, start, crop_length, p["crop_fraction"])
 
 
 def _about_center(x, matrix):
@@ -205,18 +220,18 @@ def _about_center(x, matrix):
                              precision=jax.lax.Precision.HIGHEST)
 
 
-def _pose_scaling(key, x):
-  factors = jax.random.uniform(key, (3,), jnp.float32, *POSE_SCALING_RANGE)
+def _pose_scaling(key, x, p):
+  factors = jax.random.uniform(key, (3,), jnp.float32, *p["scaling_range"])
   return _about_center(x, jnp.diag(factors))
 
 
-def _pose_rotation(key, x):
-  degrees = jax.random.choice(key, jnp.asarray(POSE_ROTATION_DEGREES, jnp.float32), (3,))
+def _pose_rotation(key, x, p):
+  degrees = jax.random.choice(key, jnp.asarray(p["rotation_degrees"], jnp.float32), (3,))
   return _about_center(x, _rotation_matrix(degrees))
 
 
-def _pose_shear(key, x):
-  shear = _shear_matrix(POSE_SHEAR_BETA * jax.random.normal(key, (3,), jnp.float32))
+def _pose_shear(key, x, p):
+  shear = _shear_matrix(p["shear_beta"] * jax.random.normal(key, (3,), jnp.float32))
   return jnp.einsum("tjc,dc->tjd", x, shear.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
 
 
@@ -233,8 +248,8 @@ _EXAMPLE_RANK = {"imu": 2, "pose": 3}
 _LAST_DIM = {"imu": 6, "pose": 3}
 
 
-def make_augmenter(modality: str, names: Sequence[str],
-                   probability: float = 0.75) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def make_augmenter(modality: str, names: Sequence[str], probability: float = 0.75,
+                   params: dict | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """fn(key, x) that augments a batch (imu [B, T, 6] or pose [B, T, J, 3]) as the reference.
 
   Each example gets its own key (split from `key`) and, per augmentation, its own draw of
@@ -243,7 +258,8 @@ def make_augmenter(modality: str, names: Sequence[str],
   of `names`; an augmentation's draws are keyed by its name's place in that tuple, so choosing
   a subset leaves the others' draws unchanged. Shapes and dtype are kept; the math is done in
   at least float32. With `probability=1.0` and one name, that one augmentation is always
-  applied (for tests).
+  applied (for tests). `params` overrides skeleton parameters (keys of POSE_PARAMS), e.g.
+  POSE_SUPERVISED_PARAMS.
   """
   if modality not in _AUGMENTATIONS:
     raise ValueError(f"unknown modality {modality!r}; known: {sorted(_AUGMENTATIONS)}")
@@ -254,6 +270,17 @@ def make_augmenter(modality: str, names: Sequence[str],
   if not 0.0 <= probability <= 1.0:
     raise ValueError(f"probability must be in [0, 1], got {probability}")
   chosen = [(i, n) for i, n in enumerate(known) if n in names]
+  params = dict(params or {})
+  if modality == "pose":
+    unknown = sorted(set(params) - set(POSE_PARAMS))
+    if unknown:
+      raise ValueError(f"unknown pose augmentation parameter(s) {unknown}; known: "
+                       f"{sorted(POSE_PARAMS)}")
+    p = {**POSE_PARAMS, **{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                           for k, v in params.items()}}
+    functions = {n: functools.partial(f, p=p) for n, f in functions.items()}
+  elif params:
+    raise ValueError(f"{modality} augmentations take no parameters, got {sorted(params)}")
 
   def augment_one(key, x):
     for index, name in chosen:

@@ -65,7 +65,8 @@ class _ModalityNet(nn.Module):
     if name == "transformer":
       self.encoder = model_lib.Tower(**model_lib.tower_settings(self.config, self.modality))
     elif name in peer_encoders.FEATURE_ENCODERS:
-      self.encoder = peer_encoders.FEATURE_ENCODERS[name]()
+      kwargs = dict(self.config.get("encoder_kwargs", {}).get(self.modality, {}))
+      self.encoder = peer_encoders.FEATURE_ENCODERS[name](**kwargs)
     else:
       raise ValueError(f"config.model.encoders.{self.modality}={name!r}; known: {ENCODERS}")
     self.is_tower = name == "transformer"
@@ -139,6 +140,9 @@ def default_config() -> ml_collections.ConfigDict:
   config = model_lib.default_model_config()
   config.modalities = ("imu", "pose")
   config.encoders = ml_collections.ConfigDict({"imu": "cmkm_inertial", "pose": "hcn"})
+  # Fields of a CMC-CMKM encoder that differ from its defaults, per modality (e.g. the reference's
+  # multimodal supervised run builds its inertial encoder with kernel_size 3).
+  config.encoder_kwargs = ml_collections.ConfigDict({"imu": {}, "pose": {}})
   config.projection = (256, 128)
   config.num_classes = 0
   config.classifier_modalities = ("imu", "pose")

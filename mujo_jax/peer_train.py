@@ -16,8 +16,13 @@ protocol's preprocessing. The train split is small (UTD-MHAD: 323 trials), so it
 records once and served from memory by a Grain pipeline, optionally cut to a stratified label
 fraction (config.data.label_fraction, the semi-supervised rows).
 
-Supervised runs evaluate on the validation split every config.eval_every steps and keep the
-state with the best validation accuracy (`best`), as the reference tests its best checkpoint.
+Supervised runs evaluate on the validation split every config.eval_every steps (an epoch) and
+keep the state with the best validation accuracy (`best`), as the reference tests its best
+checkpoint. Like the reference's Lightning runs they can halve the learning rate when validation
+accuracy stalls (config.plateau: PyTorch's ReduceLROnPlateau, through optax's) and stop when the
+validation loss has not improved for config.early_stopping_patience evaluations. Both are
+driven from the host between epochs; their counters are not checkpointed (a resumed stage
+restarts them; the learning-rate scale itself is in the optimizer state and is).
 """
 
 from __future__ import annotations
@@ -104,6 +109,17 @@ class PeerTrainer(train.Trainer):
     self.frozen = tuple(config.get("freeze", ()))
     super().__init__(config, workdir, devices)
     self.best = None            # (val accuracy, step, host copy of the state) of supervised runs
+    plateau = config.get("plateau", ml_collections.ConfigDict({"patience": 0}))
+    self._plateau = None
+    if plateau.patience:
+      # PyTorch reduces after `patience` epochs without improvement *beyond* the best
+      # (num_bad_epochs > patience); optax at plateau_count == patience: one more. Fed the
+      # validation error, optax's relative tolerance is PyTorch's "max" mode threshold.
+      self._plateau = optax.contrib.reduce_on_plateau(
+          factor=plateau.factor, patience=plateau.patience + 1, rtol=plateau.threshold)
+      self._plateau_state = self._plateau.init(jnp.zeros((), jnp.float32))
+    self._early_stopping = int(config.get("early_stopping_patience", 0))
+    self._best_val_loss, self._evaluations_since_best = np.inf, 0
     self._mining = self._load_mining_encoders() if objective == "cmkm" else {}
     self._val = None
 
@@ -115,13 +131,18 @@ class PeerTrainer(train.Trainer):
   def make_optimizer(self, config):
     tx, schedule = train.make_optimizer(config)
     frozen = tuple(config.get("freeze", ()))
-    if not frozen:
-      return tx, schedule
-    # Frozen encoders: no update at all (no weight decay, no moments), like requires_grad=False.
-    is_frozen = re.compile(rf"({'|'.join(map(re.escape, frozen))})/encoder/.*")
-    labels = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if is_frozen.fullmatch(train.path_str(path)) else "train", params)
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels), schedule
+    if frozen:
+      # Frozen encoders: no update at all (no weight decay, no moments), like requires_grad=False.
+      is_frozen = re.compile(rf"({'|'.join(map(re.escape, frozen))})/encoder/.*")
+      labels = lambda params: jax.tree_util.tree_map_with_path(
+          lambda path, _: "frozen" if is_frozen.fullmatch(train.path_str(path)) else "train",
+          params)
+      tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    if config.get("plateau", {}).get("patience", 0):
+      # The learning rate's plateau factor: a scale in the optimizer state that
+      # after_evaluation sets (opt_state[-1].hyperparams["step_size"]).
+      tx = optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    return tx, schedule
 
   def make_train_dataset(self, process_batch: int):
     c = self.config
@@ -208,7 +229,9 @@ class PeerTrainer(train.Trainer):
     names = tuple(self.config.augment.get(modality, ()))
     if not names:
       return lambda key, x: x
-    return augment.make_augmenter(modality, names, self.config.augment.probability)
+    params = self.config.augment.get("params", {}).get(modality, {})
+    return augment.make_augmenter(modality, names, self.config.augment.probability,
+                                  dict(params))
 
   def _train_step(self, state: PeerTrainState, batch, mining, *, pairs):
     c = self.config
@@ -229,7 +252,11 @@ class PeerTrainer(train.Trainer):
 
     def loss_fn(params):
       if self.objective == "supervised":
-        out, stats = apply(params, inputs, outputs=("logits",))
+        # Training-time augmentation of the supervised runs (none unless configured).
+        x = dict(inputs)
+        for m in self.model_config.classifier_modalities:
+          x[INPUT_KEYS[m]] = self._augmenter(m)(keys[m], inputs[INPUT_KEYS[m]])
+        out, stats = apply(params, x, outputs=("logits",))
         labels = batch["label"]
         losses = optax.softmax_cross_entropy_with_integer_labels(
             out["logits"].astype(jnp.float32), jnp.maximum(labels, 0))
@@ -302,37 +329,75 @@ class PeerTrainer(train.Trainer):
   # -- evaluation ------------------------------------------------------------------------------
 
   @functools.cached_property
-  def _predict(self):
-    def predict(params, batch_stats, batch):
+  def _logits(self):
+    def logits(params, batch_stats, batch):
       inputs = peer_model.preprocess(batch, self.model_config)
       return self.model.apply({"params": params, "batch_stats": batch_stats}, inputs,
-                              outputs=("logits",))["logits"].argmax(-1)
-    return jax.jit(predict)
+                              outputs=("logits",))["logits"].astype(jnp.float32)
+    return jax.jit(logits)
 
-  def predict(self, state, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """Predicted classes of every row of `arrays` (fixed-size batches: one compilation)."""
+  def logits(self, state, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Class logits [N, classes] of every row of `arrays` (fixed-size batches: one
+    compilation)."""
     size = self.config.eval_batch_size
     inputs = {k: arrays[k] for k in INPUTS}
     n = len(arrays["label"])
     out = []
     for i in range(0, n, size):
       chunk = {k: v[i:i + size] for k, v in inputs.items()}
-      got = self._predict(state.params, state.batch_stats, evaluation.pad_batch(chunk, size))
+      got = self._logits(state.params, state.batch_stats, evaluation.pad_batch(chunk, size))
       out.append(np.asarray(got)[:len(chunk["modality_mask"])])
     return np.concatenate(out)
 
+  def predict(self, state, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Predicted classes of every row of `arrays`."""
+    return self.logits(state, arrays).argmax(-1)
+
   def evaluate(self, state) -> dict[str, float]:
-    """Validation accuracy and macro F1 (supervised runs); the best state is kept."""
+    """Validation accuracy, macro F1 and loss (supervised runs); the best state is kept."""
     if self.objective != "supervised":
       return {}
     if self._val is None:
       self._val = load_split(self.config, self.config.data.val_split)
     y = self._val["label"]
-    pred = self.predict(state, self._val)
+    logits = self.logits(state, self._val)
+    pred = logits.argmax(-1)
+    loss = float(np.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)))
     accuracy = float(np.mean(pred == y))
     f1 = float(sk_metrics.f1_score(y, pred, average="macro", zero_division=0))
     step = int(state.step)
     if self.best is None or accuracy > self.best[0]:
       self.best = (accuracy, step, jax.device_get(state))
-    logging.debug("step %d: val accuracy %.4f, macro F1 %.4f", step, accuracy, f1)
-    return {"val/accuracy": accuracy, "val/macro_f1": f1}
+    logging.debug("step %d: val accuracy %.4f, macro F1 %.4f, loss %.4f", step, accuracy, f1,
+                  loss)
+    return {"val/accuracy": accuracy, "val/macro_f1": f1, "val/loss": loss}
+
+  def after_evaluation(self, state, metrics: dict) -> tuple[PeerTrainState, bool]:
+    """The plateau schedule and early stopping of supervised runs (module doc)."""
+    if "val/accuracy" not in metrics:
+      return state, False
+    if self._plateau is not None:
+      old = float(self._plateau_state.scale)
+      _, self._plateau_state = self._plateau.update(
+          jnp.zeros(()), self._plateau_state, value=1.0 - metrics["val/accuracy"])
+      scale = float(self._plateau_state.scale)
+      metrics["val/learning_rate_scale"] = scale
+      if scale != old:
+        logging.info("step %d: validation accuracy stalled; learning rate x %g",
+                     int(state.step), scale)
+        *inner, injected = state.opt_state
+        current = injected.hyperparams["step_size"]
+        hyperparams = dict(injected.hyperparams, step_size=jax.device_put(
+            jnp.asarray(scale, current.dtype), current.sharding))
+        state = state.replace(opt_state=(*inner, injected._replace(hyperparams=hyperparams)))
+    if self._early_stopping:
+      # Lightning's EarlyStopping(monitor="val_loss", mode="min", min_delta=0).
+      if metrics["val/loss"] < self._best_val_loss:
+        self._best_val_loss, self._evaluations_since_best = metrics["val/loss"], 0
+      else:
+        self._evaluations_since_best += 1
+      if self._evaluations_since_best >= self._early_stopping:
+        logging.info("step %d: validation loss has not improved for %d evaluations; stopping",
+                     int(state.step), self._evaluations_since_best)
+        return state, True
+    return state, False

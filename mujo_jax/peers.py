@@ -83,7 +83,8 @@ def run_stage(c: ml_collections.ConfigDict, directory: str, scored: bool) -> dic
   start = time.time()
   trainer = peer_train.PeerTrainer(c, directory)
   state = trainer.train()
-  result = {"steps": int(c.total_steps), "batch_size": int(c.batch_size),
+  result = {"steps": int(state.step), "planned_steps": int(c.total_steps),
+            "batch_size": int(c.batch_size),
             "train_examples": trainer.train_examples,
             "train_seconds": round(time.time() - start, 1)}
   if scored:

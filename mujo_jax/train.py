@@ -446,6 +446,12 @@ class Trainer:
                        if k.endswith("acc")), absent)
     return {f"val/{k}": v for k, v in metrics.items()}
 
+  def after_evaluation(self, state: TrainState, metrics: dict) -> tuple[TrainState, bool]:
+    """(the state to go on from, whether training is finished) after a validation: the place
+    for schedules driven by validation metrics and early stopping (peer_train.py)."""
+    del metrics
+    return state, False
+
   def train(self, stop_at_step: int | None = None) -> TrainState:
     """Trains to config.total_steps, resuming from the workdir's last checkpoint.
 
@@ -534,8 +540,10 @@ class Trainer:
                 f"(config.optim.max_consecutive_nonfinite={max_skipped}); the parameters "
                 f"are those after step {step - consecutive_skipped}. Check those batches' "
                 f"input data, or lower the learning rate")
+        finished = False
         if c.eval_every and (step % c.eval_every == 0 or step == c.total_steps):
           val = self.evaluate(state)
+          state, finished = self.after_evaluation(state, val)
           writer.write(step, val)
           shown = [k for k in sorted(val) if k.startswith(("val/r1/", "val/r1_caption/"))
                    and "_to_" not in k] or sorted(val)
@@ -544,10 +552,14 @@ class Trainer:
                 f"{k.removeprefix('val/')} {val[k]:.3f}" for k in shown))
           timer.reset(step)
         stop = preempted.reached(step) or step == stop_at_step
-        if stop or step % c.checkpoint_every == 0 or step == c.total_steps:
-          save(step, force=stop)
+        if stop or finished or step % c.checkpoint_every == 0 or step == c.total_steps:
+          save(step, force=stop or finished)
         if stop:
           logging.warning("stopped early at step %d (checkpoint saved)", step)
+          break
+        if finished:
+          logging.info("training finished at step %d of %d (early stopping; checkpoint saved)",
+                       step, c.total_steps)
           break
       profiler.stop(state)
     finally:

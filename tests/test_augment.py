@@ -211,6 +211,35 @@ def test_pose_crop_and_resize_is_scipy_resample_of_an_allowed_crop():
   assert set(lengths) == set(range(lo, hi))
 
 
+def test_supervised_pose_parameters_crop_rotate_and_jitter_as_the_reference_run():
+  """POSE_SUPERVISED_PARAMS: crops of floor(U(0.7, 1) * 50) = 35..49 frames, rotations by
+  whole degrees in -5..5, jitter sigma 0.01 (each transform always applied)."""
+  sup = augment.POSE_SUPERVISED_PARAMS
+  b = 150
+  x = pose_batch(b)[:, :, :2]
+  crop = jax.jit(augment.make_augmenter("pose", ["crop_and_resize"], 1.0, sup))
+  y = np.asarray(crop(jax.random.key(13), x))
+  xs = np.asarray(x, np.float64)
+  lengths = [min((np.abs(signal.resample(xi[s:s + n], T, axis=0) - yi).max(), n)
+                 for n in range(30, T + 1) for s in range(T - n + 1)) for xi, yi in zip(xs, y)]
+  assert max(err for err, _ in lengths) < 1e-4
+  assert {n for _, n in lengths} == set(range(35, 50))
+  x = pose_batch(300)
+  rot = jax.jit(augment.make_augmenter("pose", ["rotation"], 1.0, sup))
+  r = _fit_linear(x, rot(jax.random.key(14), x), np.asarray(x)[:, :, :1])
+  deg = np.degrees(np.stack([np.arctan2(-r[:, 1, 2], r[:, 2, 2]), np.arcsin(r[:, 0, 2]),
+                             np.arctan2(-r[:, 0, 1], r[:, 0, 0])], axis=1))
+  np.testing.assert_allclose(deg, np.round(deg), atol=1e-3)
+  assert set(np.round(deg).ravel().astype(int)) == set(range(-5, 6))
+  jitter = augment.make_augmenter("pose", ["jitter"], 0.0, sup)
+  noise = np.asarray(jitter(jax.random.key(15), x) - x)
+  assert abs(noise.std() - 0.01) < 2e-4
+  with pytest.raises(ValueError, match="unknown pose augmentation parameter.*'jitter'"):
+    augment.make_augmenter("pose", ["jitter"], params={"jitter": 0.1})
+  with pytest.raises(ValueError, match="imu augmentations take no parameters"):
+    augment.make_augmenter("imu", ["jitter"], params={"jitter_sigma": 0.1})
+
+
 def test_crop_and_resize_keeps_a_constant_and_matches_scipy():
   x = jnp.asarray(np.random.default_rng(11).normal(size=(T, 3)), jnp.float32)
   for n, s in [(40, 0), (44, 6), (42, 3)]:

@@ -168,6 +168,51 @@ def test_linear_evaluation_freezes_the_encoders_and_finetuning_starts_from_them(
       assert not all(same) and not all(stats_same)
 
 
+def test_plateau_schedule_is_pytorchs_and_halves_the_updates_and_early_stopping_ends(
+    trials):
+  """config.plateau follows torch's ReduceLROnPlateau(mode="max", factor=0.5) on validation
+  accuracy (ties are no improvement), the scale reaches the Adam step, and
+  early_stopping_patience ends training after that many evaluations without a lower loss."""
+  torch = pytest.importorskip("torch")
+  config = stage_config("supervised", trials)
+  config.plateau.patience = 2
+  config.early_stopping_patience = 4
+  accuracies = [0.5, 0.6, 0.6, 0.55, 0.6, 0.7, 0.7, 0.65, 0.6, 0.7]
+  losses = [1.0, 0.9, 0.95, 0.9, 0.91, 0.85, 0.86, 0.87, 0.88, 0.9]
+  param = torch.nn.Parameter(torch.zeros(1))
+  opt = torch.optim.Adam([param], lr=1.0)
+  sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
+  want = []
+  for a in accuracies:
+    sched.step(a)
+    want.append(opt.param_groups[0]["lr"])
+  trainer = peer_train.PeerTrainer(config, None)
+  state = trainer.init_state()
+  got, finished = [], []
+  for a, loss in zip(accuracies, losses):
+    metrics = {"val/accuracy": a, "val/loss": loss}
+    state, done = trainer.after_evaluation(state, metrics)
+    got.append(metrics["val/learning_rate_scale"])
+    finished.append(done)
+  assert got == want and min(want) < 1
+  # Best loss 0.85 at the 6th evaluation; the 4th evaluation after it without a lower one.
+  assert finished == [False] * 9 + [True]
+  # The scale reaches the update: from the same start, the step at x0.25 moves every
+  # parameter a quarter as far as the step at x1 (Adam's first step is lr * sign(g)).
+  batch = input_pipeline.to_global_batch(batch_of(config), trainer.mesh, trainer.data_axes)
+  fresh = peer_train.PeerTrainer(config, None)
+  full_state = fresh.init_state()
+  start = jax.device_get(full_state.params)
+  full, _ = fresh.compiled_step(fresh.pairs_for_step(0))(full_state, batch)
+  scaled, _ = trainer.compiled_step(trainer.pairs_for_step(0))(
+      state.replace(params=jax.device_put(start, trainer.state_sharding.params)), batch)
+  d_full = jax.tree.map(np.subtract, jax.device_get(full.params), start)
+  d_scaled = jax.tree.map(np.subtract, jax.device_get(scaled.params), start)
+  assert want[-1] == 0.25
+  for a, b in zip(jax.tree.leaves(d_scaled), jax.tree.leaves(d_full)):
+    np.testing.assert_allclose(a, 0.25 * b, rtol=1e-3, atol=1e-7)
+
+
 def test_label_fraction_trains_on_a_stratified_subset(trials):
   config = stage_config("supervised", trials)
   config.data.label_fraction = 0.25
