@@ -11,7 +11,9 @@ One run = (mode, label fraction, seed), all scored on the same subject-disjoint 
 scratch / finetune train with AdamW and cross-entropy for at most train.steps steps, are
 evaluated on the validation split every train.eval_every steps and keep the parameters with the
 best validation macro F1 (early stop after train.patience evaluations without improvement).
-The test split is used once per run, by the kept parameters.
+The test split is used once per run, by the kept parameters. Macro F1 averages over the classes
+with at least one window in the split scored; a class without test windows is left out, named
+and explained (`coverage`), never scored 0.
 
 Entry point: `Evaluator(config, workdir).run()` (via `python -m mujo_jax.main
 --config=configs/finetune.py:<dataset>`), which writes results.json / results.md / PNGs
@@ -37,6 +39,7 @@ from sklearn import metrics as sk_metrics
 from mujo_jax import checkpoint
 from mujo_jax import evaluation
 from mujo_jax import model as model_lib
+from mujo_jax.downstream import coverage
 from mujo_jax.downstream import datasets
 from mujo_jax.downstream import protocol
 from mujo_jax.downstream import report
@@ -71,15 +74,26 @@ def config_tuple(config: ml_collections.ConfigDict, field: str, kind) -> tuple:
     raise ValueError(f"--config.{field}={value!r}: {e}") from e
 
 
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+  """Macro F1 over the classes with at least one example in y_true.
+
+  A class without examples has no F1 to average: counted as 0 it would pull the mean down by
+  its share of classes whatever the model does (`coverage` names such classes).
+  """
+  return float(sk_metrics.f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro",
+                                   zero_division=0))
+
+
 def scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
-  """Macro F1 (primary), accuracy, per-class F1 and the confusion matrix (scikit-learn)."""
+  """Macro F1 (primary) over the classes present in y_true, accuracy, per-class F1 (None for a
+  class without test examples: absent, not 0) and the confusion matrix (scikit-learn)."""
   labels = np.arange(num_classes)
+  present = np.isin(labels, y_true)
+  per_class = sk_metrics.f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
   return {
-      "macro_f1": float(sk_metrics.f1_score(y_true, y_pred, labels=labels, average="macro",
-                                            zero_division=0)),
+      "macro_f1": macro_f1(y_true, y_pred),
       "accuracy": float(sk_metrics.accuracy_score(y_true, y_pred)),
-      "per_class_f1": sk_metrics.f1_score(y_true, y_pred, labels=labels, average=None,
-                                          zero_division=0).round(4).tolist(),
+      "per_class_f1": [round(float(f), 4) if p else None for f, p in zip(per_class, present)],
       "confusion": sk_metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
   }
 
@@ -136,6 +150,10 @@ class Evaluator:
     logging.info("%s: %d windows (%s), classes %d, split %s", config.dataset, len(self.windows),
                  ", ".join(f"{k} {len(v)}" for k, v in self.parts.items()),
                  len(self.class_names), {k: list(v) for k, v in self.split.items()})
+    self.coverage, self.coverage_notes = coverage.summarize(self.windows, self.split,
+                                                            self.window_config)
+    for note in self.coverage_notes:
+      logging.warning("%s", note)
     tower = model_lib.tower_settings(model_config, "imu")
     self.classifier = Classifier(tower, len(self.class_names))
 
@@ -167,8 +185,7 @@ class Evaluator:
       clf = linear_model.LogisticRegression(C=c, max_iter=self.config.linear.max_iter,
                                             random_state=seed)
       clf.fit(emb["train"][train_idx], self.parts["train"].y[train_idx])
-      val_f1 = sk_metrics.f1_score(self.parts["val"].y, clf.predict(emb["val"]),
-                                   average="macro", zero_division=0)
+      val_f1 = macro_f1(self.parts["val"].y, clf.predict(emb["val"]))
       if best is None or val_f1 > best[0]:
         best = (val_f1, c, clf)
     val_f1, c, clf = best
@@ -205,9 +222,7 @@ class Evaluator:
       idx, order = order[:batch], order[batch:]
       params, opt_state, _ = step_fn(params, opt_state, x_train[idx], y_train[idx])
       if step % t.eval_every == 0 or step == t.steps:
-        val_f1 = sk_metrics.f1_score(self.parts["val"].y,
-                                     self._batched(predict, params, self.parts["val"].x),
-                                     average="macro", zero_division=0)
+        val_f1 = macro_f1(self.parts["val"].y, self._batched(predict, params, self.parts["val"].x))
         if val_f1 > best[0]:
           best, evals_without_gain = (float(val_f1), params, step), 0
         else:
@@ -297,7 +312,8 @@ class Evaluator:
         "split": {k: list(v) for k, v in self.split.items()},
         "windows": {k: len(v) for k, v in self.parts.items()},
         "window_counts": self.windows.counts,
-        "notes": list(self.windows.notes),
+        **self.coverage,
+        "notes": list(self.windows.notes) + self.coverage_notes,
         "rows": rows,
     }
     report.write_all(self.workdir, results)

@@ -1,8 +1,11 @@
 """Writes a downstream evaluation's results: JSON rows, a mean ± std table and two plots.
 
-  results.json        dataset, split, window counts, notes, and one row per run (mode, fraction,
-                      seed, macro_f1, accuracy, per-class F1, confusion matrix, ...)
-  results.md          macro F1 and accuracy, mean ± std over seeds, per mode and fraction
+  results.json        dataset, split, window counts, per-split class counts and the classes
+                      without test windows (`coverage`), notes, and one row per run (mode,
+                      fraction, seed, macro_f1, accuracy, per-class F1 (null: no test window),
+                      confusion matrix, ...)
+  results.md          macro F1 and accuracy, mean ± std over seeds, per mode and fraction; the
+                      classes macro F1 leaves out and the notes
   confusion.png       the best mode at the largest fraction, confusion summed over seeds
   f1_vs_fraction.png  macro F1 (mean ± std) against the label fraction, one line per mode
 """
@@ -37,10 +40,16 @@ def markdown(results: dict) -> str:
            "",
            f"pretrained: {results['pretrained'] or 'none (from scratch only)'}  ",
            f"windows: {results['windows']}  ",
-           f"test subjects: {results['split']['test']}",
-           "",
-           "| mode | label fraction | seeds | macro F1 | accuracy |",
-           "| --- | --- | --- | --- | --- |"]
+           f"test subjects: {results['split']['test']}"]
+  absent = results.get("classes_without_test_windows")
+  if absent:
+    lines[-1] += "  "
+    lines.append(f"**macro F1 averages over the {len(results['scored_classes'])} of "
+                 f"{len(results['class_names'])} classes with test windows; left out (no test "
+                 f"window, counts in the notes): {', '.join(absent)}**  ")
+  lines += ["",
+            "| mode | label fraction | seeds | macro F1 | accuracy |",
+            "| --- | --- | --- | --- | --- |"]
   for s in summary(results["rows"]):
     fraction = "none" if s["mode"] == "zero_shot" else f"{s['fraction']:g}"
     lines.append(f"| {s['mode']} | {fraction} | {s['seeds']} | "

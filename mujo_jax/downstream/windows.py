@@ -16,6 +16,11 @@ force incl. gravity, m/s^2) and gyroscope (rad/s). Every dataset is brought ther
    null (-1) or mixed labels is dropped (labels="drop") or gets an appended "null" class
    (labels="null_class"). Counted.
 
+Per (subject, class) `Windows.tally` keeps what the labels held before these drops (contiguous
+segments and their lengths, the windows that touched the class) and how much of the class the kept
+windows cover, so that a class that windowing removed can be named and explained
+(`mujo_jax.downstream.coverage`).
+
 Missing channels are never zero-filled silently: a dataset without gyroscope stops with an
 error unless missing_gyro="zeros", which fills zeros and says so in `Windows.notes` (the
 notes go into results.json). Accelerometers without gravity (acc_includes_gravity false) are
@@ -65,8 +70,24 @@ class WindowConfig:
 
 
 @dataclasses.dataclass
+class ClassTally:
+  """One class of one subject at `rate_hz`, counted before windows are dropped.
+
+  segment_samples: lengths of its contiguous labelled runs (within one recording);
+  windows_before: candidate windows holding any of its samples (pure or not);
+  samples_in_windows: its samples inside at least one kept window of the class.
+  """
+  segment_samples: list[int] = dataclasses.field(default_factory=list)
+  windows_before: int = 0
+  samples_in_windows: int = 0
+
+
+@dataclasses.dataclass
 class Windows:
-  """x float32 [M, window, 6] (acc m/s^2, gyr rad/s); y, subject, recording int32 [M]."""
+  """x float32 [M, window, 6] (acc m/s^2, gyr rad/s); y, subject, recording int32 [M].
+
+  tally: (subject, class index) -> `ClassTally` of the whole dataset (`take` keeps it whole).
+  """
   x: np.ndarray
   y: np.ndarray
   subject: np.ndarray
@@ -74,6 +95,7 @@ class Windows:
   class_names: tuple[str, ...]
   counts: dict[str, int]
   notes: tuple[str, ...]
+  tally: dict[tuple[int, int], ClassTally] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.y)
@@ -138,20 +160,35 @@ def pad_at_rest(x: np.ndarray, y: np.ndarray, window: int, rate_hz: float
   return x, y
 
 
+def label_runs(y: np.ndarray) -> list[tuple[int, int]]:
+  """(class, length) of each contiguous run of one label >= 0 in y [T]."""
+  if not len(y):
+    return []
+  change = np.flatnonzero(np.diff(y) != 0) + 1
+  bounds = np.concatenate([[0], change, [len(y)]])
+  return [(int(y[a]), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:]) if y[a] >= 0]
+
+
 def make_windows(rec: recording_lib.Recordings, config: WindowConfig) -> Windows:
   """Cuts `rec` into labelled windows (module docstring); counts every drop."""
   signals, notes = si_signals(rec, config.missing_gyro)
   w = config.window
   counts = collections.Counter()
+  tally = collections.defaultdict(ClassTally)
   null_class = len(rec.class_names)
   xs, ys, subjects, recs = [], [], [], []
   for start, end in segments(rec):
     counts["recordings"] += 1
     x, y = resample(signals[start:end], rec.y[start:end], rec.sample_rate_hz, config.rate_hz)
+    subject = int(rec.subject[start])
+    for c, length in label_runs(y):
+      tally[subject, c].segment_samples.append(length)
+    source_y, offset = y, 0          # the labels before padding, and where they sit after it
     if len(x) < w:
       if config.short == "drop":
         counts["recordings_dropped_short"] += 1
         continue
+      offset = (w - len(x)) // 2
       x, y = pad_at_rest(x, y, w, config.rate_hz)
       counts["recordings_padded"] += 1
     if config.per_recording == "center":
@@ -160,11 +197,17 @@ def make_windows(rec: recording_lib.Recordings, config: WindowConfig) -> Windows
       starts = [(len(x) - w) // 2]
     else:
       starts = range(0, len(x) - w + 1, config.stride)
+    covered = np.zeros(len(y), bool)
     for s in starts:
       labels = y[s:s + w]
       first = labels[0]
-      if (labels == first).all() and first >= 0:
+      pure = (labels == first).all()
+      for c in ([first] if pure else np.unique(labels)):
+        if c >= 0:
+          tally[subject, int(c)].windows_before += 1
+      if pure and first >= 0:
         label = int(first)
+        covered[s:s + w] = True
       else:
         kind = "null" if (labels < 0).all() else "mixed"
         if config.labels == "drop":
@@ -176,6 +219,9 @@ def make_windows(rec: recording_lib.Recordings, config: WindowConfig) -> Windows
       ys.append(label)
       subjects.append(rec.subject[start])
       recs.append(rec.recording[start])
+    covered = covered[offset:offset + len(source_y)]
+    for c in np.unique(source_y[covered]):
+      tally[subject, int(c)].samples_in_windows += int((source_y[covered] == c).sum())
   if not xs:
     raise ValueError(f"{rec.name or 'dataset'}: no windows of {config.window_s} s survive "
                      f"({dict(counts)})")
@@ -186,4 +232,4 @@ def make_windows(rec: recording_lib.Recordings, config: WindowConfig) -> Windows
   return Windows(x=np.stack(xs), y=np.asarray(ys, np.int32),
                  subject=np.asarray(subjects, np.int32), recording=np.asarray(recs, np.int32),
                  class_names=class_names, counts=dict(counts),
-                 notes=tuple(rec.notes) + tuple(notes))
+                 notes=tuple(rec.notes) + tuple(notes), tally=dict(tally))
