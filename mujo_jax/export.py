@@ -35,6 +35,10 @@ def torch_state_dict(params, model_config) -> dict[str, np.ndarray]:
   linear = lambda p: {"weight": p["kernel"].reshape(p["kernel"].shape[0], -1).T}
   state = {"log_logit_scale": np.asarray(params["log_logit_scale"], np.float32)}
   for m in model_config.modalities:
+    architecture = model_lib.tower_settings(model_config, m)["architecture"]
+    if architecture != "transformer":
+      raise NotImplementedError(f"the PyTorch export covers transformer towers; the {m} tower "
+                                f"is {architecture!r}")
     tower, out = params[m], {}
     if m == "text":
       out["token_embedding.weight"] = tower["token_embedding"]["embedding"]

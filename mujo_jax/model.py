@@ -13,6 +13,20 @@ Tokenizers (the shapes are the defaults of `default_model_config`):
   video  [B, 8, 1536]     -> 8 tokens                               -> linear
   text   ids [B, 64]      -> drop the tokenizer's [CLS], embed 63 ids (table)
 
+The text tower can instead be the pretrained all-MiniLM-L6-v2
+(`config.towers.text.architecture = "minilm"`, `bert.py`): its BERT encoder
+reads all 64 ids ([CLS] included), its sentence embedding (mean over the real
+tokens, L2-normalised) is projected (no bias) to `embed_dim` and L2-normalised.
+Its weights come from the checkpoint (`load_pretrained`, called by the trainer
+after init); `remat` and `scan_layers` do not apply to it.
+
+`config.frozen_towers` freezes towers: everything before a frozen tower's
+projection head gets no gradient (`jax.lax.stop_gradient`, which also skips its
+backward pass) and no weight decay (`is_frozen`, read by the optimizer), so it
+keeps its values exactly; the head still trains. LiT-style training of the
+other towers against a locked pretrained text tower is
+`towers.text.architecture = "minilm"` with `frozen_towers = ("text",)`.
+
 Mixed precision: parameters are float32; inputs are cast to `config.dtype`
 inside the towers and all matmuls run in it (bfloat16 on accelerators).
 LayerNorm statistics and the attention softmax are computed in float32, and the
@@ -47,11 +61,18 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from mujo_jax import bert
 from mujo_jax.modalities import INPUT_KEYS
 from mujo_jax.modalities import MODALITIES
 
 # Transformer sizes that `config.towers.<modality>.<field>` may override.
 TOWER_OVERRIDES = ("width", "depth", "num_heads", "mlp_dim")
+# `config.towers.<modality>.architecture` -> the modalities it can encode.
+# "transformer": `Tower`'s own encoder, trained from scratch; "minilm": the
+# pretrained all-MiniLM-L6-v2 BERT (`bert.py`), whose sizes are fixed.
+TOWER_ARCHITECTURES = {"transformer": MODALITIES, "minilm": ("text",)}
+MINILM_SIZES = {"width": bert.HIDDEN, "depth": bert.DEPTH, "num_heads": bert.NUM_HEADS,
+                "mlp_dim": bert.MLP_DIM}
 # `config.remat` -> what an encoder block keeps for the backward pass (None: no remat).
 REMAT_POLICIES = {
     "none": None,
@@ -89,10 +110,14 @@ def default_model_config() -> ml_collections.ConfigDict:
   config.logit_scale_init = 1 / 0.07
   config.logit_scale_max = 100.0
   # Per-tower overrides of the transformer sizes, e.g. towers.text.depth = 6;
-  # unset (None) means the shared value above.
+  # unset (None) means the shared value above. `architecture`: a key of
+  # TOWER_ARCHITECTURES, e.g. towers.text.architecture = "minilm".
   config.towers = ml_collections.ConfigDict({
-      m: ml_collections.ConfigDict({f: config_dict.placeholder(int) for f in TOWER_OVERRIDES})
+      m: ml_collections.ConfigDict({**{f: config_dict.placeholder(int) for f in TOWER_OVERRIDES},
+                                    "architecture": "transformer"})
       for m in MODALITIES})
+  # Towers trained with everything but their projection head held fixed, e.g. ("text",).
+  config.frozen_towers = ()
   return config
 
 
@@ -132,6 +157,26 @@ def tower_settings(config: ml_collections.ConfigDict, modality: str) -> dict[str
   sizes = {f: config[f] for f in TOWER_OVERRIDES}
   overrides = config.get("towers", {}).get(modality, {})
   sizes.update({f: overrides[f] for f in TOWER_OVERRIDES if overrides.get(f) is not None})
+  architecture = overrides.get("architecture", "transformer")
+  if modality not in TOWER_ARCHITECTURES.get(architecture, ()):
+    known = [a for a, ms in TOWER_ARCHITECTURES.items() if modality in ms]
+    raise ValueError(f"towers.{modality}.architecture {architecture!r}: the {modality} tower "
+                     f"can be {known}")
+  frozen = tuple(config.get("frozen_towers", ()))
+  if set(frozen) - set(MODALITIES):
+    raise ValueError(f"frozen_towers {frozen}: unknown modalities "
+                     f"{sorted(set(frozen) - set(MODALITIES))}; known: {MODALITIES}")
+  if architecture == "minilm":
+    fixed = {f: overrides[f] for f in TOWER_OVERRIDES
+             if overrides.get(f) is not None and overrides[f] != MINILM_SIZES[f]}
+    if fixed:
+      raise ValueError(f"towers.{modality}: the pretrained minilm tower has fixed sizes "
+                       f"{MINILM_SIZES}; unset the overrides {fixed}")
+    if config.vocab_size != bert.VOCAB_SIZE or config.text_len > bert.MAX_POSITIONS:
+      raise ValueError(f"towers.{modality}.architecture 'minilm' needs vocab_size "
+                       f"{bert.VOCAB_SIZE} (got {config.vocab_size}) and text_len <= "
+                       f"{bert.MAX_POSITIONS} (got {config.text_len})")
+    sizes = dict(MINILM_SIZES)
   if sizes["width"] % sizes["num_heads"]:
     raise ValueError(f"{modality} tower: width {sizes['width']} is not divisible by "
                      f"num_heads {sizes['num_heads']}")
@@ -152,7 +197,39 @@ def tower_settings(config: ml_collections.ConfigDict, modality: str) -> dict[str
               num_tokens=length // patch, token_features=patch * features,
               vocab_size=config.vocab_size if modality == "text" else 0,
               dtype=config.dtype, attention_impl=config.get("attention_impl", "xla"),
-              remat=remat, scan_layers=bool(config.get("scan_layers", False)))
+              remat=remat, scan_layers=bool(config.get("scan_layers", False)),
+              architecture=architecture, frozen=modality in frozen)
+
+
+def is_frozen(path: str, config: ml_collections.ConfigDict | None) -> bool:
+  """Whether the "/"-joined parameter path is held fixed by `config.frozen_towers`.
+
+  Everything of a frozen tower but its projection head is; the optimizer gives
+  these no weight decay (their gradients are zero, so Adam leaves them as they are).
+  """
+  parts = path.split("/")
+  frozen = tuple(config.get("frozen_towers", ())) if config is not None else ()
+  return parts[0] in frozen and parts[1:2] != ["head"]
+
+
+def load_pretrained(params, config: ml_collections.ConfigDict):
+  """`params` with the encoder of every pretrained tower replaced by its checkpoint.
+
+  For `architecture = "minilm"` towers `params[m]["bert"]` becomes the
+  all-MiniLM-L6-v2 weights (float32 numpy; the caller places them on devices).
+  Other towers are passed through. Raises ValueError when the shapes differ.
+  """
+  out = dict(params)
+  for modality in config.modalities:
+    if tower_settings(config, modality)["architecture"] != "minilm":
+      continue
+    loaded = bert.load_minilm_params()
+    want = jax.tree.map(np.shape, params[modality]["bert"])
+    if jax.tree.map(np.shape, loaded) != want:
+      raise ValueError(f"the all-MiniLM-L6-v2 checkpoint does not fit {modality}/bert: "
+                       f"{jax.tree.map(np.shape, loaded)} vs {want}")
+    out[modality] = dict(params[modality], bert=loaded)
+  return out
 
 
 def patchify(x: jax.Array, patch_size: int) -> jax.Array:
@@ -309,10 +386,18 @@ class Tower(nn.Module):
   attention_impl: str = "xla"
   remat: str = "none"
   scan_layers: bool = False
+  architecture: str = "transformer"
+  frozen: bool = False
 
   @nn.compact
   def __call__(self, inputs: jax.Array, text_len: jax.Array | None = None) -> jax.Array:
     dtype = jnp.dtype(self.dtype)
+    if self.architecture == "minilm":
+      # [B, L] ids with the tokenizer's [CLS] -> [B, 384] unit sentence embeddings.
+      hidden = bert.Bert(dtype=dtype, attention_impl=self.attention_impl, name="bert")(
+          inputs, text_len)
+      x = bert.normalize(bert.mean_pool(hidden, text_len))
+      return self.project(jax.lax.stop_gradient(x) if self.frozen else x, dtype)
     batch = inputs.shape[0]
     key_lengths = None
     if self.modality == "text":
@@ -343,6 +428,10 @@ class Tower(nn.Module):
     x = Encoder(self.depth, self.num_heads, self.mlp_dim, dtype, self.attention_impl,
                 self.remat, self.scan_layers, name="encoder")(x, key_lengths=key_lengths)
     x = nn.LayerNorm(name="norm_out", dtype=dtype, param_dtype=jnp.float32)(x[:, 0])
+    return self.project(jax.lax.stop_gradient(x) if self.frozen else x, dtype)
+
+  def project(self, x: jax.Array, dtype) -> jax.Array:
+    """`[B, width]` -> `[B, embed_dim]` float32 unit vectors (the trainable head)."""
     x = nn.Dense(self.embed_dim, use_bias=False, name="head", dtype=dtype,
                  param_dtype=jnp.float32,
                  kernel_init=nn.initializers.normal(self.width ** -0.5))(x)
@@ -474,9 +563,14 @@ def unstack_blocks(params, config: ml_collections.ConfigDict):
 
 
 def _map_encoders(params, config, fn):
-  """A copy of `params` with `params[m]["encoder"]` replaced by fn(m, it) for each tower."""
+  """A copy of `params` with `params[m]["encoder"]` replaced by fn(m, it) for each tower.
+
+  Pretrained towers (not "transformer") have no such encoder and pass through.
+  """
   out = dict(params)
   for modality in config.modalities:
+    if tower_settings(config, modality)["architecture"] != "transformer":
+      continue
     if modality not in params:
       raise ValueError(f"params have no {modality!r} tower (config.modalities="
                        f"{tuple(config.modalities)}); have {sorted(params)}")

@@ -36,7 +36,7 @@ CONFIG_FILENAME = "config.json"
 JOB_MODES = ("pretrain", "finetune", "peers", "peer_stage")
 # config.model fields that choose how a step computes, not which parameters exist:
 # free to change when resuming (e.g. turn on remat to fit a larger batch).
-MODEL_COMPUTE_OPTIONS = ("dtype", "attention_impl", "remat")
+MODEL_COMPUTE_OPTIONS = ("dtype", "attention_impl", "remat", "frozen_towers")
 
 
 class SetupError(ValueError):

