@@ -11,7 +11,8 @@ Indexed shards (the normal case; local or gs://, see storage.py):
      reads fetch only the byte ranges the batch needs (one IMU location, not all)
      unless `crc_check="always"`; with `cache_in_memory` the decoded arrays stay
      in RAM and a batch is one gather per field
-  -> per-example augmentation, vectorised over the batch (IMU location, modality dropout)
+  -> per-example augmentation, vectorised over the batch (IMU location, modality dropout,
+     IMU sensor realism: imu_augment.py)
   -> multi-worker prefetch (each worker keeps its own tables and cache).
 Everything before the prefetch is a Grain MapDataset, so the iterator state is an
 element index: it checkpoints with Orbax (grain.checkpoint) and resumes exactly,
@@ -48,6 +49,7 @@ import grain
 import jax
 import numpy as np
 
+from mujo_jax import imu_augment
 from mujo_jax import records
 from mujo_jax import shm_pool
 from mujo_jax import storage
@@ -73,9 +75,13 @@ class AugmentConfig:
   modality_dropout: probability of hiding each present modality of an example
     (mask set to 0, data zeroed); at least two modalities always stay, so every
     example keeps a contrastive pair.
+  imu_augment: sensor-realism augmentation of the IMU that an example still has after
+    dropout (rotation on the strap, clock rate, gain, bias, noise; imu_augment.py), on
+    either layout ("all": each location draws its own).
   """
   imu_locations: str | tuple[str, ...] = "random"
   modality_dropout: float = 0.0
+  imu_augment: imu_augment.ImuAugmentConfig = imu_augment.ImuAugmentConfig()
 
 
 class IndexedShardSource(grain.sources.RandomAccessDataSource):
@@ -619,13 +625,25 @@ def choose_imu_locations(location_mask: np.ndarray, rng: np.random.Generator,
 
 def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
             config: AugmentConfig) -> dict[str, np.ndarray]:
-  """Modality dropout on a parsed batch (see AugmentConfig).
+  """Modality dropout, then IMU augmentation, on a parsed batch (see AugmentConfig).
 
-  Hidden rows of the arrays are zeroed in place (the batch's arrays are fresh
-  per batch; a copy of each would cost as much as decoding them).
+  Arrays are changed in place (the batch's arrays are fresh per batch; a copy
+  of each would cost as much as decoding them): hidden rows zeroed, the IMU
+  overwritten. Dropout draws first, so its draws are the same with or without
+  the IMU augmentation, which then touches only the IMU that is still present.
   """
-  if config.modality_dropout <= 0:
-    return batch
+  if config.modality_dropout > 0:
+    batch = _modality_dropout(batch, rng, config)
+  if config.imu_augment.enabled:
+    present = batch["modality_mask"][:, 0] > 0
+    if batch["imu"].ndim == 4:   # imu_locations="all": [B, S, T, 6]
+      present = present[:, None] & (batch["imu_location_mask"] > 0)
+    batch["imu"][...] = imu_augment.apply(batch["imu"], rng, config.imu_augment, present)
+  return batch
+
+
+def _modality_dropout(batch: dict[str, np.ndarray], rng: np.random.Generator,
+                      config: AugmentConfig) -> dict[str, np.ndarray]:
   batch = dict(batch)
   mask = batch["modality_mask"].astype(bool)
   drop = rng.random(mask.shape) < config.modality_dropout

@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import example_ids
+from mujo_jax import imu_augment
 from mujo_jax import input_pipeline as ip
 from mujo_jax import records
 from mujo_jax import tfrecord
@@ -450,3 +451,93 @@ def test_prefetch_raises_a_read_ahead_error_only_when_its_batch_is_asked_for():
   assert it.get_state() == {"position": 3}
   it.set_state({"position": 1})  # a restore clears the error
   assert int(np.asarray(next(it)["x"])[0]) == 2
+
+
+def test_imu_augmentation_is_per_example_deterministic_and_leaves_dropout_alone(tiny_dataset):
+  """Each example's draw is its own, the same for any process count, and dropout's draws
+  (and so the masks) do not change when the IMU augmentation is switched on."""
+  plain = ip.AugmentConfig("random", modality_dropout=0.4)
+  on = dataclasses.replace(plain, imu_augment=imu_augment.ImuAugmentConfig(gyr_bias=0.5))
+
+  def batches(config, batch_size=12, index=0, count=1):
+    it = iter(ip.make_dataset(tiny_dataset, "train", batch_size=batch_size, seed=2,
+                              augment_config=config, process_index=index, process_count=count))
+    return [next(it) for _ in range(4)]
+
+  base, aug = batches(plain), batches(on)
+  parts = [batches(on, 6, i, 2) for i in range(2)]
+  offsets = []
+  for k, (want, got, again) in enumerate(zip(base, aug, batches(on))):
+    for key in ("imu", "imu_location", "modality_mask", "text_len"):
+      np.testing.assert_array_equal(again[key], got[key], err_msg=key)
+      np.testing.assert_array_equal(np.concatenate([parts[0][k][key], parts[1][k][key]]),
+                                    got[key], err_msg=key)
+    for key in ("imu_location", "modality_mask", "text_len", "pose"):
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    np.testing.assert_array_equal(got["imu"][..., :3], want["imu"][..., :3])
+    diff = got["imu"][..., 3:].astype(np.float32) - want["imu"][..., 3:]
+    np.testing.assert_allclose(diff, np.broadcast_to(diff[:, :1], diff.shape), atol=2e-3)
+    has_imu = got["modality_mask"][:, 0] == 1
+    assert not diff[~has_imu].any() and (~has_imu).any()
+    assert np.abs(diff).max() <= 0.5 + 2e-3
+    offsets.append(diff[has_imu, 0])
+  offsets = np.concatenate(offsets)
+  assert len(np.unique(np.round(offsets, 2), axis=0)) == len(offsets)  # a draw per example
+
+
+def test_imu_augmentation_resumes_exactly_with_workers_on_every_location(tiny_dataset):
+  config = ip.AugmentConfig("all", imu_augment=imu_augment.ImuAugmentConfig(
+      rotation="uniform", acc_noise_std=0.1, gyr_bias=0.05, rate_jitter=0.05))
+
+  def fresh(num_workers):
+    ds = ip.make_dataset(tiny_dataset, "train", batch_size=4, seed=5, process_index=0,
+                         process_count=1, augment_config=config)
+    return ip.make_iterator(ds, num_workers=num_workers)
+
+  it = fresh(2)
+  first = [next(it) for _ in range(3)]
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  single = fresh(0)
+  for want in first:
+    np.testing.assert_array_equal(next(single)["imu"], want["imu"])
+  restored = fresh(2)
+  restored.set_state(state)
+  for want in expected:
+    got = next(restored)
+    assert got["imu"].shape == (4, 3, 20, 6)
+    np.testing.assert_array_equal(got["imu"], want["imu"])
+    np.testing.assert_array_equal(got["clip_id"], want["clip_id"])
+
+
+def test_imu_augmentation_draws_by_stream_position_and_skips_absent_imu():
+  rng = np.random.default_rng(0)
+  imu = rng.normal(size=(6, 3, 20, 6)).astype(np.float16)
+  location_mask = np.ones((6, 3), np.int32)
+  location_mask[2, 1] = 0
+  imu[2, 1] = 0
+  modality_mask = np.ones((6, 4), np.int32)
+  modality_mask[4, 0] = 0
+  imu[4] = 0
+  config = ip.AugmentConfig("all", imu_augment=imu_augment.ImuAugmentConfig(
+      rotation="small", gyr_noise_std=0.1, acc_bias=0.2))
+
+  def run(rows, positions):
+    batch = {"imu": imu[rows].copy(), "imu_location_mask": location_mask[rows],
+             "modality_mask": modality_mask[rows]}
+    return ip.augment(batch, ip.PositionalRandom(7, positions), config)["imu"]
+
+  whole = run(slice(None), np.arange(100, 106))
+  np.testing.assert_array_equal(run(slice(3, 6), [103, 104, 105]), whole[3:])
+  assert not whole[2, 1].any() and not whole[4].any()
+  changed = (whole != imu).any(axis=(-2, -1))
+  assert changed.sum() == 6 * 3 - 1 - 3
+  other = run(slice(None), np.arange(200, 206))
+  assert (other[changed] != whole[changed]).any(axis=(-2, -1)).all()
+  np.testing.assert_array_equal(run(slice(None), np.arange(100, 106)), whole)
+  # The chosen-location layout [B, T, 6] goes through as well.
+  batch = {"imu": imu[:, 0].copy(), "imu_location_mask": location_mask,
+           "modality_mask": modality_mask}
+  out = ip.augment(batch, ip.PositionalRandom(7, np.arange(6)), config)["imu"]
+  assert out.shape == (6, 20, 6) and not out[4].any()
+  assert (out[[0, 1, 2, 3, 5]] != imu[[0, 1, 2, 3, 5], 0]).any(axis=(-2, -1)).all()
