@@ -33,10 +33,26 @@ def get_config(arg=None):
   config.data = ml_collections.ConfigDict()
   config.data.dir = "data/fimad"             # a local folder or gs://bucket/path
   config.data.build_demo_if_missing = False
+  # Pretraining on several datasets (mujo_jax/mixture.py): ((dir, weight[, modalities]), ...),
+  # each batch holding weight-proportional rows of each; modalities a source lacks or leaves
+  # out are masked out of the loss. Empty: data.dir alone. Validation always reads data.dir.
+  config.data.mixture = ()
   config.data.train_split = "train"
   config.data.val_split = "val"
   config.data.imu_locations = "random"       # one real location per example; or a tuple of names
   config.data.modality_dropout = 0.0
+  # Makes simulated IMU look like a real wearable (mujo_jax/imu_augment.py; README,
+  # "IMU augmentation"): all off by default.
+  config.data.imu_augment = ml_collections.ConfigDict(dict(
+      rotation="none",        # "none" | "small" (up to rotation_max_deg) | "uniform" (SO(3))
+      rotation_max_deg=30.0,
+      acc_noise_std=0.0,      # m/s^2, white Gaussian
+      gyr_noise_std=0.0,      # rad/s
+      acc_bias=0.0,           # m/s^2, constant per example and channel, U(-b, b)
+      gyr_bias=0.0,           # rad/s
+      gain=0.0,               # per-channel scale 1 + U(-g, g)
+      rate_jitter=0.0,        # device clock factor U(1 - r, 1 + r)
+  ))
   config.data.num_workers = 8
   # Skip records whose CRC or framing is wrong (each logged; counted per batch in
   # "skipped_corrupt") instead of stopping.

@@ -22,6 +22,12 @@ One record per trial (clip_id aA_sS_tT, window_index 0, no video):
          location is simulated) or 0 and zero-filled with false: use false to train or
          evaluate on the real sensor alone (AugmentConfig "random" then always picks it).
   text   the action description (utd_mhad.ACTIONS); label = action - 1.
+--pose_skeleton=h36m17 writes the pose on the 17-joint H36M skeleton instead (the demo's and
+the mocap converter's), so UTD-MHAD can join a pretraining mixture with them (mujo_jax/
+mixture.py). Kinect has no nose or head-top joint: H36M "neck" (the neck/nose point) is
+Kinect's head centre and H36M "head" lies half a neck length (shoulder_center -> head) above
+it; pelvis is hip_center, thorax shoulder_center, wrists the wrists (KINECT_TO_H36M17). The
+simulated locations still come from the Kinect skeleton.
 Splits keep subjects whole: utd_mhad.SUBJECT_SPLITS (train 1, 3, 5; val 7; test 2, 4, 6, 8)
 unless --splits says otherwise.
 
@@ -74,6 +80,15 @@ from mujo_jax.sources import geometry
 from mujo_jax.sources import utd_mhad
 
 SKELETON = "kinect_v1_20"
+POSE_SKELETONS = ("kinect_v1_20", "h36m17")
+# H36M17 joint -> the Kinect joint it is (module docstring); "neck" and "head" are computed.
+KINECT_TO_H36M17 = {
+    "pelvis": "hip_center", "right_hip": "right_hip", "right_knee": "right_knee",
+    "right_ankle": "right_ankle", "left_hip": "left_hip", "left_knee": "left_knee",
+    "left_ankle": "left_ankle", "spine": "spine", "thorax": "shoulder_center", "neck": "head",
+    "left_shoulder": "left_shoulder", "left_elbow": "left_elbow", "left_wrist": "left_wrist",
+    "right_shoulder": "right_shoulder", "right_elbow": "right_elbow",
+    "right_wrist": "right_wrist"}
 SMOOTHING_S = 0.3
 REST_S = 0.1  # the real sensor's padding: mean acceleration over this much of each end
 
@@ -83,6 +98,7 @@ class Settings:
   info: records.DatasetInfo
   simulated_locations: bool
   smoothing_s: float
+  pose_skeleton: str = SKELETON
 
 
 def resample_trial(x: np.ndarray, steps: int, axis: int = 0) -> np.ndarray:
@@ -108,6 +124,19 @@ def parse_splits(spec: str) -> dict[str, tuple[int, ...]]:
       owner[s] = name.strip()
     splits[name.strip()] = ids
   return splits
+
+
+def kinect_to_h36m17(positions: np.ndarray) -> np.ndarray:
+  """[T, 20, 3] Kinect v1 positions -> [T, 17, 3] in H36M17 order (module docstring)."""
+  kinect = skeletons.get_skeleton(SKELETON)
+  h36m = skeletons.get_skeleton("h36m17")
+  out = np.empty(positions.shape[:1] + (h36m.num_joints, 3), positions.dtype)
+  for j, name in enumerate(h36m.joint_names):
+    if name != "head":
+      out[:, j] = positions[:, kinect.index(KINECT_TO_H36M17[name])]
+  head = positions[:, kinect.index("head")]
+  out[:, h36m.index("head")] = head + 0.5 * (head - positions[:, kinect.index("shoulder_center")])
+  return out
 
 
 def pad_at_rest(positions: np.ndarray, real: np.ndarray, window: int, rate_hz: float
@@ -193,7 +222,11 @@ def make_clip(task) -> conversion.ClipResult:
     if settings.simulated_locations:
       imu[others] = simulate_others(trial, settings, positions)
       mask[:] = 1
-    pose = conversion.root_relative(positions[::conversion.pose_step(info)], SKELETON)
+    pose = positions[::conversion.pose_step(info)]
+    if settings.pose_skeleton == "h36m17":
+      pose = conversion.root_relative(kinect_to_h36m17(pose), "h36m17")
+    else:
+      pose = conversion.root_relative(pose, SKELETON)
   result.examples.append({
       "imu": imu, "imu_location_mask": mask, "pose": pose,
       "text_ids": text_ids, "text_len": text_len, "label": trial.action - 1,
@@ -205,12 +238,18 @@ def make_clip(task) -> conversion.ClipResult:
 def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
           splits=utd_mhad.SUBJECT_SPLITS, subjects=None, actions=None, window_s: float = 5.0,
           smoothing_s: float = SMOOTHING_S, trial_steps: int = 0, workers: int | None = None,
+          pose_skeleton: str = SKELETON,
           records_per_shard: int = 256, imu_locations=virtual_imu.SENSOR_LOCATIONS,
           log=print) -> conversion.Report:
   """Converts the trials of the chosen subjects and actions into out_dir (module docstring);
   trial_steps > 0: whole trials resampled to that many steps instead of window_s windows."""
   if trial_steps < 0:
     raise ValueError(f"trial_steps must be >= 0 (0: windows of window_s), got {trial_steps}")
+  if pose_skeleton not in POSE_SKELETONS:
+    raise ValueError(f"pose_skeleton {pose_skeleton!r} is not one of {POSE_SKELETONS}")
+  if trial_steps and pose_skeleton != SKELETON:
+    raise ValueError(f"trial_steps keeps the raw Kinect skeleton; pose_skeleton "
+                     f"{pose_skeleton!r} applies to windows only")
   unpaired: list[str] = []
   trials = utd_mhad.list_trials(utd_mhad_dir, unpaired)
   if subjects:
@@ -240,19 +279,22 @@ def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
     timing = {}
     pose_units = ("metres, root-relative (root: hip_center), Kinect camera frame turned so "
                   "that +z is up")
+    if pose_skeleton == "h36m17":
+      pose_units += "; mapped to h36m17 (convert_utd_mhad.KINECT_TO_H36M17)"
     layout = "trials centred and padded at rest"
   info = records.DatasetInfo(
       name="utd_mhad", imu_locations=tuple(imu_locations),
-      joint_names=skeletons.get_skeleton(SKELETON).joint_names, class_names=utd_mhad.ACTIONS,
+      joint_names=skeletons.get_skeleton(pose_skeleton).joint_names,
+      class_names=utd_mhad.ACTIONS,
       tokenizer=text.TOKENIZER_NAME, vocab_size=tokenizer.vocab_size,
-      pad_id=tokenizer.pad_token_id, skeleton=SKELETON, window_s=window_s, **timing,
+      pad_id=tokenizer.pad_token_id, skeleton=pose_skeleton, window_s=window_s, **timing,
       pose_units=pose_units, video_features="none (UTD-MHAD has no video features)",
       source=("UTD-MHAD (Chen et al., ICIP 2015), data_prep/convert_utd_mhad.py: real Kinect "
               "skeleton; real IMU at right_wrist (a1-a21) / right_thigh (a22-a27), other "
               f"locations {'simulated, mask 1' if simulated_locations else 'zero, mask 0'}; "
               f"{layout}"))
   ids, lens = text.tokenize(tokenizer, utd_mhad.ACTIONS, info.text_len)
-  settings = Settings(info, simulated_locations, smoothing_s)
+  settings = Settings(info, simulated_locations, smoothing_s, pose_skeleton)
   tasks = collections.defaultdict(list)
   for t in trials:
     tasks[owner[t.subject]].append((t, settings, ids[t.action - 1], int(lens[t.action - 1])))
@@ -261,6 +303,7 @@ def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
                      "subjects": sorted({t.subject for t in trials}),
                      "actions": sorted({t.action for t in trials}), "window_s": window_s,
                      "smoothing_s": smoothing_s, "trial_steps": trial_steps,
+                     "pose_skeleton": pose_skeleton,
                      "unpaired_files_skipped": len(unpaired)}
   return conversion.convert(out_dir, info, tasks, make_clip, workers=workers,
                             records_per_shard=records_per_shard, settings=report_settings,
@@ -286,6 +329,8 @@ def define_flags():
   flags.DEFINE_float("smoothing_s", SMOOTHING_S, "Virtual IMU smoothing window (s).")
   flags.DEFINE_integer("trial_steps", 0, "> 0: one record per whole trial, both modalities "
                        "resampled to this many steps (CMC-CMKM: 50); 0: windows of window_s.")
+  flags.DEFINE_enum("pose_skeleton", SKELETON, POSE_SKELETONS, "Skeleton of the written pose: "
+                    "Kinect's own 20 joints, or mapped to h36m17 (module docstring).")
   flags.DEFINE_integer("workers", None, "Worker processes (default: all CPUs; 0: in-process).")
   flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
 
@@ -298,7 +343,7 @@ def main(argv):
         subjects=[int(s) for s in FLAGS.subjects] if FLAGS.subjects else None,
         actions=[int(a) for a in FLAGS.actions] if FLAGS.actions else None,
         window_s=FLAGS.window_s, smoothing_s=FLAGS.smoothing_s, trial_steps=FLAGS.trial_steps,
-        workers=FLAGS.workers,
+        workers=FLAGS.workers, pose_skeleton=FLAGS.pose_skeleton,
         records_per_shard=FLAGS.records_per_shard)
 
 

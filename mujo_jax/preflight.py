@@ -238,6 +238,11 @@ def ensure_data(config: ml_collections.ConfigDict,
     records.DatasetInfo.load(config.data.dir)
   except (FileNotFoundError, records.RecordFormatError) as e:
     raise SetupError(f"config.data.dir: {e}") from e
+  for i, entry in enumerate(config.data.get("mixture") or ()):
+    try:
+      records.DatasetInfo.load(entry if isinstance(entry, str) else entry[0])
+    except (FileNotFoundError, records.RecordFormatError) as e:
+      raise SetupError(f"config.data.mixture[{i}]: {e}") from e
 
 
 # All of it.

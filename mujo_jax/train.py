@@ -40,8 +40,10 @@ from jax.sharding import PartitionSpec as P
 from mujo_jax import checkpoint
 from mujo_jax import contrastive
 from mujo_jax import evaluation
+from mujo_jax import imu_augment
 from mujo_jax import input_pipeline
 from mujo_jax import metric_writer
+from mujo_jax import mixture
 from mujo_jax import model as model_lib
 from mujo_jax import records
 from mujo_jax import storage
@@ -242,12 +244,23 @@ class Trainer:
     return make_optimizer(config)
 
   def make_train_dataset(self, process_batch: int):
-    """This process's training batches, endless (an IterDataset)."""
+    """This process's training batches, endless (an IterDataset): from data.dir, or mixed
+    from the sources of data.mixture (mixture.py) when that is set."""
+    c = self.config
+    if c.data.get("mixture"):
+      return mixture.make_mixture_dataset(
+          c.data.mixture, batch_size=process_batch, model_config=self.model_config,
+          seed=c.seed, make_dataset=lambda data_dir, rows, seed: self._source_dataset(
+              data_dir, rows, seed))
+    return self._source_dataset(c.data.dir, process_batch, c.seed)
+
+  def _source_dataset(self, data_dir: str, process_batch: int, seed: int):
     c = self.config
     return input_pipeline.make_dataset(
-        c.data.dir, c.data.train_split, batch_size=process_batch, seed=c.seed,
+        data_dir, c.data.train_split, batch_size=process_batch, seed=seed,
         augment_config=input_pipeline.AugmentConfig(
-            imu_locations=c.data.imu_locations, modality_dropout=c.data.modality_dropout),
+            imu_locations=c.data.imu_locations, modality_dropout=c.data.modality_dropout,
+            imu_augment=imu_augment.ImuAugmentConfig.from_dict(c.data.get("imu_augment", {}))),
         skip_corrupt=c.data.skip_corrupt, crc_check=c.data.crc_check,
         cache_in_memory=c.data.cache_in_memory, **remote_read_options(c))
 

@@ -283,6 +283,28 @@ def test_utd_mhad_subset_keeps_real_sensor_and_subjects(tmp_path):
   assert not np.delete(b["imu"], loc, axis=1).any() and b["imu"][:, loc].any()
 
 
+@pytest.mark.skipif(not os.path.isdir(UTD_MHAD), reason=f"UTD-MHAD not found at {UTD_MHAD}")
+def test_utd_mhad_pose_on_h36m17(tmp_path):
+  kw = dict(subjects=(1,), actions=(1, 22), workers=0, **QUIET)
+  convert_utd_mhad.build(UTD_MHAD, str(tmp_path / "kinect"), **kw)
+  convert_utd_mhad.build(UTD_MHAD, str(tmp_path / "h36m"), pose_skeleton="h36m17", **kw)
+  info = records.DatasetInfo.load(str(tmp_path / "h36m"))
+  assert info.skeleton == "h36m17" and info.joint_names == skeletons.H36M17.joint_names
+  _, kinect = read_split(tmp_path / "kinect", "train")
+  _, h36m = read_split(tmp_path / "h36m", "train")
+  np.testing.assert_array_equal(h36m["imu"], kinect["imu"])  # same sensors, only pose mapped
+  k = lambda name: kinect["pose"][:, :, skeletons.KINECT_V1_20.index(name)].astype(float)
+  h = lambda name: h36m["pose"][:, :, skeletons.H36M17.index(name)].astype(float)
+  for ours, theirs in convert_utd_mhad.KINECT_TO_H36M17.items():
+    np.testing.assert_allclose(h(ours), k(theirs), atol=2e-3)
+  # The head top: half a neck length above Kinect's head centre, along shoulder_center -> head.
+  np.testing.assert_allclose(h("head"), k("head") + 0.5 * (k("head") - k("shoulder_center")),
+                             atol=3e-3)
+  assert (h("head")[..., 2] > h("neck")[..., 2]).mean() > 0.95
+  with pytest.raises(ValueError, match="pose_skeleton 'smpl'"):
+    convert_utd_mhad.build(UTD_MHAD, str(tmp_path / "x"), pose_skeleton="smpl", **kw)
+
+
 def test_utd_mhad_splits_flag():
   assert convert_utd_mhad.parse_splits("train:1,3,5;val:7;test:2,4,6,8") == \
       {k: tuple(v) for k, v in utd_mhad.SUBJECT_SPLITS.items()}
