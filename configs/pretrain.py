@@ -10,6 +10,11 @@ Arguments after the colon (comma-separated, big_vision style):
                 (no video), training subjects only; convert it first:
                   python -m data_prep.convert_utd_mhad \
                       --utd_mhad_dir=../shared/data/utd_mhad --out_dir=data/utd_mhad
+  mix=A+B+...   the demo-sized model pretrained on a mixture of real and synthetic sources,
+                label-free for UTD-MHAD evaluation (README, "Pretraining that transfers"):
+                mocap (data/mocap32: Bandai Namco + HDM05 with templated text), demo
+                (data/demo32), utd (data/utd_mhad_h36m: training subjects' IMU and pose, no
+                text); text tower the frozen pretrained all-MiniLM-L6-v2, text_len 32
   batch=N       global batch size
   steps=N       total training steps
   strategy=S    multitask strategy: all_pairs | random_pair | round_robin | imu_anchored
@@ -24,9 +29,11 @@ from mujo_jax import model as model_lib
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, demo=False, utd_mhad=False, batch=None, steps=None, strategy="all_pairs")
+  arg = common.parse_arg(arg, demo=False, utd_mhad=False, mix="", batch=None, steps=None,
+                         strategy="all_pairs")
   config = ml_collections.ConfigDict()
-  config.name = "demo" if arg["demo"] else "utd_mhad" if arg["utd_mhad"] else "base"
+  config.name = ("demo" if arg["demo"] else "utd_mhad" if arg["utd_mhad"] else
+                 f"mix_{arg['mix']}" if arg["mix"] else "base")
   config.mode = "pretrain"
   config.seed = 0
 
@@ -126,7 +133,7 @@ def get_config(arg=None):
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
 
-  if arg["demo"] or arg["utd_mhad"]:
+  if arg["demo"] or arg["utd_mhad"] or arg["mix"]:
     config.data.dir = "data/demo"
     config.data.build_demo_if_missing = True
     config.data.num_workers = 1
@@ -158,8 +165,46 @@ def get_config(arg=None):
     config.eval_every = 500
     config.eval_batch_size = 128
     config.checkpoint_every = 500
+  if arg["mix"]:
+    _mixture(config, arg["mix"])
   if arg["batch"]:
     config.batch_size = int(arg["batch"])
   if arg["steps"]:
     config.total_steps = int(arg["steps"])
   return config
+
+
+# Sources of `:mix=`: (dir, modalities). UTD-MHAD's training subjects only (the mixture reads
+# the "train" split: subjects 1, 3, 5), without its action text, which names the class.
+MIX_SOURCES = {
+    "mocap": ("data/mocap32", ("imu", "pose", "text")),
+    "demo": ("data/demo32", ("imu", "pose", "text")),
+    "utd": ("data/utd_mhad_h36m", ("imu", "pose")),
+}
+
+
+def _mixture(config, mix: str):
+  names = mix.split("+")
+  unknown = sorted(set(names) - set(MIX_SOURCES))
+  if unknown:
+    raise ValueError(f"mix={mix}: unknown sources {unknown}; known: {sorted(MIX_SOURCES)}")
+  config.data.mixture = tuple((MIX_SOURCES[n][0], 1.0, MIX_SOURCES[n][1]) for n in names)
+  # Validation (retrieval, zero-shot) on the first source with text.
+  config.data.dir = next(MIX_SOURCES[n][0] for n in names if "text" in MIX_SOURCES[n][1])
+  config.data.build_demo_if_missing = False
+  # Real wearables: a sensor turned any way on its strap (UniMTS's rotation invariance; the
+  # real device's axes are not the simulator's), a little noise, bias, gain and clock drift.
+  config.data.imu_augment.update(dict(
+      rotation="uniform", acc_noise_std=0.05, gyr_noise_std=0.01, acc_bias=0.2, gyr_bias=0.02,
+      gain=0.05, rate_jitter=0.05))
+  config.model.modalities = ("imu", "pose", "text")
+  config.model.text_len = 32
+  config.model.towers.text.architecture = "minilm"
+  config.model.frozen_towers = ("text",)
+  config.batch_size = 64
+  config.total_steps = 1500
+  config.optim.warmup_steps = 100
+  config.log_every = 50
+  config.eval_every = 500
+  config.eval_batch_size = 128
+  config.checkpoint_every = 500

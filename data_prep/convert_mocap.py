@@ -493,7 +493,7 @@ def build(mocap_dirs, out_dir: str, *, rig: str | None = None, asf: str | None =
           rest_speed: float = 0.5, placement_jitter: float = 0.0,
           smoothing_s: float = 0.2, amc_fps: float = HDM05_FPS, splits=None,
           max_clips_per_source: int | None = None, workers: int | None = None,
-          records_per_shard: int = 256, log=print) -> conversion.Report:
+          records_per_shard: int = 256, text_len: int = 64, log=print) -> conversion.Report:
   """Converts the clips under mocap_dirs (folders or .tar.zst archives) into out_dir."""
   if isinstance(mocap_dirs, str):
     mocap_dirs = [mocap_dirs]
@@ -530,7 +530,7 @@ def build(mocap_dirs, out_dir: str, *, rig: str | None = None, asf: str | None =
         name="mocap", imu_locations=virtual_imu.SENSOR_LOCATIONS,
         joint_names=skeletons.get_skeleton(SKELETON).joint_names, class_names=class_names,
         tokenizer=text.TOKENIZER_NAME, vocab_size=tokenizer.vocab_size,
-        pad_id=tokenizer.pad_token_id, skeleton=SKELETON, window_s=window_s,
+        pad_id=tokenizer.pad_token_id, skeleton=SKELETON, window_s=window_s, text_len=text_len,
         pose_units="metres, root-relative (root: pelvis), +z up; mapped to h36m17 by "
                    "data_prep/rigs/*.json",
         video_features="none (motion capture has no video)",
@@ -543,6 +543,7 @@ def build(mocap_dirs, out_dir: str, *, rig: str | None = None, asf: str | None =
     for c in clips:
       texts[c.clip_id] = captions(c.path) or phrasings(c.label, c.style)
     unique = sorted({t for ts in texts.values() for t in ts})
+    text.check_lengths(tokenizer, unique, text_len)
     tokens = {}
     if unique:
       ids, lens = text.tokenize(tokenizer, unique, info.text_len)
@@ -594,6 +595,8 @@ def define_flags():
                       "actors:tr' (default that).")
   flags.DEFINE_integer("workers", None, "Worker processes (default: all CPUs; 0: in-process).")
   flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
+  flags.DEFINE_integer("text_len", 64, "Token ids per text, [CLS] and [SEP] included (a "
+                       "longer caption is an error, never cut).")
 
 
 def main(argv):
@@ -604,7 +607,7 @@ def main(argv):
         rest_speed=FLAGS.rest_speed, placement_jitter=FLAGS.placement_jitter,
         smoothing_s=FLAGS.smoothing_s, amc_fps=FLAGS.amc_fps,
         splits=parse_splits(FLAGS.splits) if FLAGS.splits else None, workers=FLAGS.workers,
-        records_per_shard=FLAGS.records_per_shard)
+        records_per_shard=FLAGS.records_per_shard, text_len=FLAGS.text_len)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def define_flags():
                       "naming every demo clip; by default one is made and written beside the data.")
   flags.DEFINE_integer("workers", None, "Worker processes (default: all CPUs).")
   flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
+  flags.DEFINE_integer("text_len", 64, "Token ids per text, [CLS] and [SEP] included.")
 
 
 def _one_blas_thread() -> None:
@@ -114,11 +115,14 @@ def _one_blas_thread() -> None:
 def build(out_dir: str, seed: int = 0, clips_per_exercise: int = 30, val_fraction: float = 0.2,
           clip_seconds=(15.0, 35.0), imu_locations=virtual_imu.SENSOR_LOCATIONS,
           split_file: str | None = None, workers: int | None = None,
-          records_per_shard: int = 256, log=print) -> records.DatasetInfo:
-  """Builds the demo dataset in out_dir (see module docstring)."""
+          records_per_shard: int = 256, text_len: int = 64, log=print) -> records.DatasetInfo:
+  """Builds the demo dataset in out_dir (see module docstring); text_len: ids per text
+  (a description longer than that is an error, never cut)."""
   start = time.time()
   tokenizer = text.load_tokenizer()
-  info = demo_info(imu_locations, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_token_id)
+  info = demo_info(imu_locations, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_token_id,
+                   text_len=text_len)
+  text.check_lengths(tokenizer, [d for ds in text.DESCRIPTIONS.values() for d in ds], text_len)
   tokens = {ex: text.tokenize(tokenizer, text.DESCRIPTIONS[ex], info.text_len)
             for ex in motion.EXERCISES}
   num_val = int(round(clips_per_exercise * val_fraction))
@@ -163,7 +167,7 @@ def main(argv):
   console.setup()
   build(FLAGS.out_dir, FLAGS.seed, FLAGS.clips_per_exercise, FLAGS.val_fraction,
         tuple(float(s) for s in FLAGS.clip_seconds), tuple(FLAGS.imu_locations),
-        FLAGS.split_file, FLAGS.workers, FLAGS.records_per_shard)
+        FLAGS.split_file, FLAGS.workers, FLAGS.records_per_shard, FLAGS.text_len)
 
 
 if __name__ == "__main__":

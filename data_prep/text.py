@@ -15,6 +15,16 @@ tokenizer_dir = tokenizer_lib.tokenizer_dir
 load_tokenizer = tokenizer_lib.load_tokenizer
 tokenize = tokenizer_lib.tokenize
 
+
+def check_lengths(tokenizer, texts, max_len: int) -> None:
+  """Raises ValueError naming the first text whose ids ([CLS] and [SEP] included) do not fit
+  `max_len`: `tokenize` would cut it, and a converter must not change a text silently."""
+  for t in texts:
+    n = len(tokenizer(t)["input_ids"])
+    if n > max_len:
+      raise ValueError(f"text {t!r} is {n} token ids, more than text_len {max_len}; raise "
+                       f"text_len")
+
 # Several phrasings per MM-Fit exercise: the chapter-title-like first entry and
 # descriptions in the style of FiMAD's generated exercise descriptions.
 DESCRIPTIONS = {

@@ -54,3 +54,23 @@ def test_every_exercise_has_several_descriptions():
   from mujo_jax.sim import motion
   assert set(text.DESCRIPTIONS) == set(motion.EXERCISES)
   assert all(len(set(d)) >= 3 for d in text.DESCRIPTIONS.values())
+
+
+def test_converters_refuse_a_text_that_text_len_would_cut():
+  tokenizer = text.load_tokenizer()
+  text.check_lengths(tokenizer, ["squats", "a person walks"], 6)  # 4 and 5 ids: fit
+  with pytest.raises(ValueError, match="'a person walks briskly' is 7 token ids, more than "
+                                       "text_len 6"):
+    text.check_lengths(tokenizer, ["squats", "a person walks briskly"], 6)
+
+
+def test_mix_config_reads_label_free_utd_and_freezes_the_pretrained_text_tower():
+  from configs import pretrain
+  config = pretrain.get_config("mix=mocap+utd")
+  assert config.data.mixture == (("data/mocap32", 1.0, ("imu", "pose", "text")),
+                                 ("data/utd_mhad_h36m", 1.0, ("imu", "pose")))
+  assert config.data.dir == "data/mocap32" and config.data.train_split == "train"
+  assert config.model.towers.text.architecture == "minilm"
+  assert tuple(config.model.frozen_towers) == ("text",)
+  with pytest.raises(ValueError, match=r"unknown sources \['kit'\]"):
+    pretrain.get_config("mix=mocap+kit")
