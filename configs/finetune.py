@@ -33,7 +33,7 @@ DATA_PATHS = {
 # Each adapter's keyword arguments (see its `load` docstring) and their types; unset (None)
 # keeps the adapter's default, e.g. --config.data.options.sensor=wrist for utd_mhad.
 ADAPTER_OPTIONS = {
-    "utd_mhad": dict(sensor=str, subjects=tuple),
+    "utd_mhad": dict(sensor=str, subjects=tuple, sensor_frame=str),
     "mmfit": dict(device=str, test_split=str, workouts=tuple, labels_dir=str, skip_missing=bool,
                   gyr_unit=str, max_gap_s=float),
     "motionsense": dict(activities=tuple, accelerometer=str),

@@ -14,6 +14,16 @@ trials are delivered whole; the common windowing pads or drops them.
 Units: `utd_mhad.load_inertial` converts the stored g and deg/s to m/s^2 (gravity included) and
 rad/s. Split: the cross-subject protocol of `utd_mhad.SUBJECT_SPLITS` (train 1, 3, 5; val 7;
 test 2, 4, 6, 8). Recording ids read as the trial: action * 10000 + subject * 100 + trial.
+
+Sensor frame: the device's axes are not the simulator's (`mujo_jax.sim.virtual_imu`: x along
+the segment, y to the body's left, z forward at rest). `sensor_frame="simulator"` turns each
+reading (acc and gyro alike) by one fixed rotation per location, SIMULATOR_FROM_DEVICE, so
+that a tower pretrained on simulated sensors sees the real one in the frame it learned: the
+mounting calibration a wearable's user knows. The rotations were fitted (Kabsch) on the
+training subjects 1, 3, 5 by `data_prep/transfer_gap.py`, from their real readings against
+the same trials simulated from the Kinect skeleton (no labels); fitted per subject they agree
+within 4-20 degrees. The wrist device is turned ~156 degrees (y and z flipped), the thigh
+device ~100 degrees.
 """
 
 from __future__ import annotations
@@ -48,7 +58,25 @@ SENSORS: dict[str, tuple[range, str]] = {
 }
 
 
-def load(path: str, sensor: str = "all", subjects=None) -> recording.Recordings:
+# Location -> R with reading_simulator = R @ reading_device (module docstring).
+SIMULATOR_FROM_DEVICE = {
+    "right_wrist": ((0.9632, 0.1225, -0.2393), (0.2111, -0.8957, 0.3913),
+                    (-0.1664, -0.4274, -0.8886)),
+    "right_thigh": ((0.9270, 0.1910, -0.3229), (0.3464, -0.1054, 0.9322),
+                    (0.1440, -0.9759, -0.1638)),
+}
+SENSOR_FRAMES = ("device", "simulator")
+
+
+def to_simulator_frame(inertial: np.ndarray, location: str) -> np.ndarray:
+  """[T, 6] acc, gyro in the device's axes -> the simulator's axes at `location`."""
+  u, _, vt = np.linalg.svd(np.asarray(SIMULATOR_FROM_DEVICE[location]))  # exactly orthonormal
+  r = (u @ vt).astype(inertial.dtype)
+  return np.concatenate([inertial[:, :3] @ r.T, inertial[:, 3:] @ r.T], axis=1)
+
+
+def load(path: str, sensor: str = "all", subjects=None,
+         sensor_frame: str = "device") -> recording.Recordings:
   """Reads the UTD-MHAD trials under `path` (see the module docstring).
 
   sensor: "all" (default: every action, each trial's own sensor), "wrist" (actions 1-21) or
@@ -59,6 +87,8 @@ def load(path: str, sensor: str = "all", subjects=None) -> recording.Recordings:
   """
   if sensor not in SENSORS:
     raise ValueError(f"utd_mhad: sensor={sensor!r}; choose from {list(SENSORS)}")
+  if sensor_frame not in SENSOR_FRAMES:
+    raise ValueError(f"utd_mhad: sensor_frame={sensor_frame!r}; choose from {SENSOR_FRAMES}")
   actions, where = SENSORS[sensor]
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: UTD-MHAD folder not found (expected "
@@ -80,6 +110,8 @@ def load(path: str, sensor: str = "all", subjects=None) -> recording.Recordings:
   xs, ys, subject_ids, recording_ids = [], [], [], []
   for trial in trials:
     inertial = utd_mhad.load_inertial(trial)   # [T, 6] m/s^2, rad/s; errors name the file
+    if sensor_frame == "simulator":
+      inertial = to_simulator_frame(inertial, trial.sensor_location)
     n = len(inertial)
     xs.append(inertial.astype(np.float32))
     ys.append(np.full(n, trial.action - actions.start, np.int32))
@@ -96,6 +128,9 @@ def load(path: str, sensor: str = "all", subjects=None) -> recording.Recordings:
            f"{actions.start}-{actions.stop - 1}, re-indexed from 0",
            "units converted on reading by mujo_jax.sources.utd_mhad.load_inertial (stored in g "
            "and deg/s)"]
+  if sensor_frame == "simulator":
+    notes.append("readings turned into the simulator's sensor frame "
+                 "(utd_mhad.SIMULATOR_FROM_DEVICE, fitted on training subjects without labels)")
   if not (splits.get("train") and splits.get("test")):
     notes.append(f"official split {dict(utd_mhad.SUBJECT_SPLITS)} has no train or no test "
                  f"subject among {sorted(kept)}: splits=None")
