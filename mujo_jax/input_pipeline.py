@@ -70,8 +70,8 @@ class AugmentConfig:
   """Per-example augmentation, applied to whole batches with numpy.
 
   imu_locations: "all" keeps [B, S, T, 6]; "random" picks one real location per
-    example; a tuple of names picks one of those at random (only among the ones
-    an example really has) -> `imu` [B, T, 6] and `imu_location` [B].
+    example; a tuple of names (or one comma-separated string of them) picks one
+    of those at random (only among the ones an example really has) -> `imu` [B, T, 6] and `imu_location` [B].
   modality_dropout: probability of hiding each present modality of an example
     (mask set to 0, data zeroed); at least two modalities always stay, so every
     example keeps a contrastive pair.
@@ -613,8 +613,9 @@ def choose_imu_locations(location_mask: np.ndarray, rng: np.random.Generator,
   """[B, S] real-location mask -> [B] one allowed location per example, uniformly (-1: none)."""
   allowed = np.asarray(location_mask, bool)
   if config.imu_locations != "random":
-    names = ((config.imu_locations,) if isinstance(config.imu_locations, str)
-             else tuple(config.imu_locations))
+    # A tuple, or a comma-separated string (what a command-line override gives).
+    names = (tuple(n.strip() for n in config.imu_locations.split(","))
+             if isinstance(config.imu_locations, str) else tuple(config.imu_locations))
     unknown = sorted(set(names) - set(info.imu_locations))
     if unknown:
       raise ValueError(f"unknown IMU locations {unknown}; the dataset has {info.imu_locations}")

@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import example_ids
+from conftest import tiny_info
 from mujo_jax import imu_augment
 from mujo_jax import input_pipeline as ip
 from mujo_jax import records
@@ -541,3 +542,16 @@ def test_imu_augmentation_draws_by_stream_position_and_skips_absent_imu():
   out = ip.augment(batch, ip.PositionalRandom(7, np.arange(6)), config)["imu"]
   assert out.shape == (6, 20, 6) and not out[4].any()
   assert (out[[0, 1, 2, 3, 5]] != imu[[0, 1, 2, 3, 5], 0]).any(axis=(-2, -1)).all()
+
+
+def test_named_imu_locations_from_a_tuple_or_a_command_line_string():
+  info = tiny_info()
+  mask = np.ones((200, 3), np.int32)
+  mask[:100, 1] = 0                              # the first half has no right_wrist
+  for names in (("right_wrist", "pelvis"), "right_wrist, pelvis"):
+    chosen = ip.choose_imu_locations(mask, np.random.default_rng(0),
+                                     ip.AugmentConfig(imu_locations=names), info)
+    assert set(chosen[:100]) == {2} and set(chosen[100:]) == {1, 2}
+  with pytest.raises(ValueError, match=r"unknown IMU locations \['chest'\]"):
+    ip.choose_imu_locations(mask, np.random.default_rng(0),
+                            ip.AugmentConfig(imu_locations="chest,pelvis"), info)
