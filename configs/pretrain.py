@@ -199,6 +199,10 @@ def _mixture(config, mix: str):
   config.data.imu_augment.update(dict(
       rotation="small", rotation_max_deg=30.0, acc_noise_std=0.05, gyr_noise_std=0.01,
       acc_bias=0.2, gyr_bias=0.02, gain=0.05, rate_jitter=0.05))
+  # The IMU tower learns the locations UTD-MHAD's sensors are worn at (README, "Pretraining
+  # that transfers"): known from the device's placement, not from labels.
+  # --config.data.imu_locations=random trains on all 16.
+  config.data.imu_locations = "right_wrist,right_thigh"
   config.model.modalities = ("imu", "pose", "text")
   config.model.text_len = 32
   config.model.towers.text.architecture = "minilm"

@@ -70,6 +70,7 @@ def test_mix_config_reads_label_free_utd_and_freezes_the_pretrained_text_tower()
   assert config.data.mixture == (("data/mocap32", 1.0, ("imu", "pose", "text")),
                                  ("data/utd_mhad_h36m", 1.0, ("imu", "pose")))
   assert config.data.dir == "data/mocap32" and config.data.train_split == "train"
+  assert config.data.imu_locations == "right_wrist,right_thigh"
   assert config.model.towers.text.architecture == "minilm"
   assert tuple(config.model.frozen_towers) == ("text",)
   with pytest.raises(ValueError, match=r"unknown sources \['kit'\]"):
