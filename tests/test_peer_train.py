@@ -200,10 +200,9 @@ def test_plateau_schedule_is_pytorchs_and_halves_the_updates_and_early_stopping_
   # The scale reaches the update: from the same start, the step at x0.25 moves every
   # parameter a quarter as far as the step at x1 (Adam's first step is lr * sign(g)).
   batch = input_pipeline.to_global_batch(batch_of(config), trainer.mesh, trainer.data_axes)
-  fresh = peer_train.PeerTrainer(config, None)
-  full_state = fresh.init_state()
+  full_state = trainer.init_state()   # scale 1; one compiled step serves both
   start = jax.device_get(full_state.params)
-  full, _ = fresh.compiled_step(fresh.pairs_for_step(0))(full_state, batch)
+  full, _ = trainer.compiled_step(trainer.pairs_for_step(0))(full_state, batch)
   scaled, _ = trainer.compiled_step(trainer.pairs_for_step(0))(
       state.replace(params=jax.device_put(start, trainer.state_sharding.params)), batch)
   d_full = jax.tree.map(np.subtract, jax.device_get(full.params), start)
