@@ -42,6 +42,7 @@ from sklearn import metrics as sk_metrics
 from data_prep import convert_utd_mhad
 from mujo_jax import checkpoint
 from mujo_jax import console
+from mujo_jax import evaluation
 from mujo_jax import model as model_lib
 from mujo_jax.sim import virtual_imu
 from mujo_jax.sources import utd_mhad
@@ -97,9 +98,7 @@ def measure(pretrained: str, utd_mhad_dir: str, batch: int = 128, log=logging.in
     out = []
     for i in range(0, len(x), batch):
       chunk = x[i:i + batch]
-      padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:],
-                                               chunk.dtype)])
-      out.append(np.asarray(embed(padded))[:len(chunk)])
+      out.append(np.asarray(embed(evaluation.pad_batch(chunk, batch)))[:len(chunk)])
     return np.concatenate(out)
 
   real_x = np.stack([p[0] for p in pairs])

@@ -250,8 +250,7 @@ class Trainer:
     if c.data.get("mixture"):
       return mixture.make_mixture_dataset(
           c.data.mixture, batch_size=process_batch, model_config=self.model_config,
-          seed=c.seed, make_dataset=lambda data_dir, rows, seed: self._source_dataset(
-              data_dir, rows, seed))
+          seed=c.seed, make_dataset=self._source_dataset)
     return self._source_dataset(c.data.dir, process_batch, c.seed)
 
   def _source_dataset(self, data_dir: str, process_batch: int, seed: int):
