@@ -37,7 +37,9 @@ content, the text a description of the content in the manner of the style. HDM05
 HDM05_ACTIONS) or else of the file name. class_names: the sorted labels present. Each window's
 text is one of several phrasings, chosen by a hash of clip id and window index; a caption file
 beside the clip (`<clip>_annotations.json`, a JSON list of strings, or `<clip>.txt`, one
-caption per line) replaces the phrasings with its captions.
+caption per line) replaces the phrasings with its captions. --text=motion captions each
+window's movement instead (data_prep/motion_text.py: "someone swings the right hand to the
+left"), reading no label; --text=labels+motion picks one of the two per window (hash).
 
 Splits, deterministic and keeping groups whole: Bandai dataset 2 by take id (takes 5, 10, 15,
 20 -> val); Bandai dataset 1, whose takes are nearly all 001, by style (happy, sad -> val);
@@ -62,6 +64,7 @@ from absl import flags
 import numpy as np
 
 from data_prep import conversion
+from data_prep import motion_text
 from data_prep import text
 from mujo_jax import console
 from mujo_jax import records
@@ -82,6 +85,12 @@ DEFAULT_SPLITS = {"takes": (5, 10, 15, 20), "styles": ("happy", "sad"), "actors"
 _BANDAI = re.compile(r"^dataset-(\d+)_(.+)_([a-z-]+)_(\d+)$")
 _HDM05 = re.compile(r"^HDM_([a-z]+)_(.+)_(\d+)_(\d+)$")
 
+TEXT_SOURCES = {
+    "labels": "templates of the content/action and style labels (or the clip's caption file)",
+    "motion": "captions of each window's movement (data_prep/motion_text.py), no label read",
+    "labels+motion": "per window either label templates or a caption of the movement "
+                     "(data_prep/motion_text.py)",
+}
 # Phrasings: third-person verb phrases and gerund phrases per content / action.
 ACTIONS = {
     "walk": (("walks", "walks forward", "takes a walk"), ("walking", "walking forward")),
@@ -206,6 +215,7 @@ class Settings:
   amc_fps: float
   short_clips: str = "pad"
   rest_speed: float = 0.5
+  text: str = "labels"
 
 
 def load_rigs(rigs_dir: str = RIGS_DIR) -> tuple[Rig, ...]:
@@ -359,7 +369,15 @@ def make_clip(task) -> conversion.ClipResult:
         "pose": conversion.root_relative(grid[a:a + window:step], SKELETON),
         "label": label, "clip_id": clip.clip_id, "window_index": w,
     }
-    if text_ids is not None:
+    use_motion = settings.text == "motion" or (
+        settings.text == "labels+motion" and (text_ids is None or _unit_hash(
+            "text source", clip.clip_id, w) % 2))
+    if use_motion:
+      caption = motion_text.describe(grid[a:a + window], info.imu_rate_hz,
+                                     seed=_unit_hash("caption", clip.clip_id, w))
+      ids, lens = text.encode([caption], info.text_len)
+      example["text_ids"], example["text_len"] = ids[0], int(lens[0])
+    elif text_ids is not None:
       k = _unit_hash("text", clip.clip_id, w) % len(text_ids)
       example["text_ids"], example["text_len"] = text_ids[k], int(text_lens[k])
     result.examples.append(example)
@@ -493,12 +511,20 @@ def build(mocap_dirs, out_dir: str, *, rig: str | None = None, asf: str | None =
           rest_speed: float = 0.5, placement_jitter: float = 0.0,
           smoothing_s: float = 0.2, amc_fps: float = HDM05_FPS, splits=None,
           max_clips_per_source: int | None = None, workers: int | None = None,
-          records_per_shard: int = 256, text_len: int = 64, log=print) -> conversion.Report:
-  """Converts the clips under mocap_dirs (folders or .tar.zst archives) into out_dir."""
+          records_per_shard: int = 256, text_len: int = 64, text_source: str = "labels",
+          log=print) -> conversion.Report:
+  """Converts the clips under mocap_dirs (folders or .tar.zst archives) into out_dir.
+
+  text_source: "labels" (templates of the clip's labels, or its caption file), "motion"
+  (`motion_text` captions of each window's movement, no label read) or "labels+motion" (one
+  or the other per window, by a hash of clip and window).
+  """
   if isinstance(mocap_dirs, str):
     mocap_dirs = [mocap_dirs]
   if short_clips not in ("pad", "pad_at_rest", "drop"):
     raise ValueError(f"short_clips must be pad, pad_at_rest or drop, got {short_clips!r}")
+  if text_source not in TEXT_SOURCES:
+    raise ValueError(f"text_source must be one of {TEXT_SOURCES}, got {text_source!r}")
   if not 0 <= placement_jitter <= 1:
     raise ValueError(f"placement_jitter must be in [0, 1], got {placement_jitter}")
   splits = DEFAULT_SPLITS if splits is None else splits
@@ -536,7 +562,7 @@ def build(mocap_dirs, out_dir: str, *, rig: str | None = None, asf: str | None =
         video_features="none (motion capture has no video)",
         source=(f"real optical motion capture ({', '.join(sources)}), "
                 "data_prep/convert_mocap.py: forward kinematics -> h36m17 -> virtual IMU at "
-                "every location; text from content/action and style labels. Bandai Namco "
+                f"every location; text: {TEXT_SOURCES[text_source]}. Bandai Namco "
                 "Research Motiondataset: CC BY-NC 4.0 (non-commercial, attribution); HDM05 "
                 "(Mueller et al. 2007): research use, cite its technical report"))
     texts: dict[str, list[str]] = {}
@@ -549,7 +575,7 @@ def build(mocap_dirs, out_dir: str, *, rig: str | None = None, asf: str | None =
       ids, lens = text.tokenize(tokenizer, unique, info.text_len)
       tokens = {t: (ids[i], int(lens[i])) for i, t in enumerate(unique)}
     settings = Settings(info, load_rigs(), rig, min_clip_s, placement_jitter, smoothing_s,
-                        amc_fps, short_clips, rest_speed)
+                        amc_fps, short_clips, rest_speed, text_source)
     tasks = collections.defaultdict(list)
     for c in sorted(clips, key=lambda c: (c.source, c.clip_id)):
       ts = texts[c.clip_id]
@@ -560,7 +586,8 @@ def build(mocap_dirs, out_dir: str, *, rig: str | None = None, asf: str | None =
                        "rig": rig, "window_s": window_s, "min_clip_s": min_clip_s,
                        "short_clips": short_clips, "rest_speed": rest_speed,
                        "placement_jitter": placement_jitter, "smoothing_s": smoothing_s,
-                       "amc_fps": amc_fps, "val_groups": {k: list(v) for k, v in splits.items()},
+                       "amc_fps": amc_fps, "text": text_source,
+                       "val_groups": {k: list(v) for k, v in splits.items()},
                        "clips_per_source": dict(sorted(collections.Counter(
                            c.source for c in clips).items()))}
     return conversion.convert(out_dir, info, tasks, make_clip, workers=workers,
@@ -597,6 +624,9 @@ def define_flags():
   flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
   flags.DEFINE_integer("text_len", 64, "Token ids per text, [CLS] and [SEP] included (a "
                        "longer caption is an error, never cut).")
+  flags.DEFINE_enum("text", "labels", list(TEXT_SOURCES), "Each window's text: label "
+                    "templates, a caption of its movement (data_prep/motion_text.py), or "
+                    "either, by window.")
 
 
 def main(argv):
@@ -607,7 +637,8 @@ def main(argv):
         rest_speed=FLAGS.rest_speed, placement_jitter=FLAGS.placement_jitter,
         smoothing_s=FLAGS.smoothing_s, amc_fps=FLAGS.amc_fps,
         splits=parse_splits(FLAGS.splits) if FLAGS.splits else None, workers=FLAGS.workers,
-        records_per_shard=FLAGS.records_per_shard, text_len=FLAGS.text_len)
+        records_per_shard=FLAGS.records_per_shard, text_len=FLAGS.text_len,
+        text_source=FLAGS.text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ One record per trial (clip_id aA_sS_tT, window_index 0, no video):
          --simulated_locations=true (default: available for training, just as every FiMAD
          location is simulated) or 0 and zero-filled with false: use false to train or
          evaluate on the real sensor alone (AugmentConfig "random" then always picks it).
-  text   the action description (utd_mhad.ACTIONS); label = action - 1.
+  text   the action description (utd_mhad.ACTIONS); label = action - 1. --text=motion
+         writes a caption of the trial's skeleton movement instead (data_prep/motion_text.py,
+         windows only): text that reads no label, so that the training subjects can join a
+         label-free pretraining mixture with text.
 --pose_skeleton=h36m17 writes the pose on the 17-joint H36M skeleton instead (the demo's and
 the mocap converter's), so UTD-MHAD can join a pretraining mixture with them (mujo_jax/
 mixture.py). Kinect has no nose or head-top joint: H36M "neck" (the neck/nose point) is
@@ -71,6 +74,7 @@ import numpy as np
 from scipy import signal
 
 from data_prep import conversion
+from data_prep import motion_text
 from data_prep import text
 from mujo_jax import console
 from mujo_jax import records
@@ -81,6 +85,11 @@ from mujo_jax.sources import utd_mhad
 
 SKELETON = "kinect_v1_20"
 POSE_SKELETONS = ("kinect_v1_20", "h36m17")
+TEXT_SOURCES = {
+    "actions": "the action description (utd_mhad.ACTIONS), which names the class",
+    "motion": "a caption of the trial's skeleton movement (data_prep/motion_text.py); no "
+              "label or action description read",
+}
 # H36M17 joint -> the Kinect joint it is (module docstring); "neck" and "head" are computed.
 KINECT_TO_H36M17 = {
     "pelvis": "hip_center", "right_hip": "right_hip", "right_knee": "right_knee",
@@ -99,6 +108,7 @@ class Settings:
   simulated_locations: bool
   smoothing_s: float
   pose_skeleton: str = SKELETON
+  text: str = "actions"
 
 
 def resample_trial(x: np.ndarray, steps: int, axis: int = 0) -> np.ndarray:
@@ -219,6 +229,11 @@ def make_clip(task) -> conversion.ClipResult:
       result.counts["trials_cropped"] += 1
       result.details = {"clip_id": trial.name, "cropped_s": round(cut / info.imu_rate_hz, 3)}
     imu[real_index] = real
+    if settings.text == "motion":
+      caption = motion_text.describe(kinect_to_h36m17(positions), info.imu_rate_hz,
+                                     seed=trial.action * 10000 + trial.subject * 100 + trial.trial)
+      ids, lens = text.encode([caption], info.text_len)
+      text_ids, text_len = ids[0], int(lens[0])
     if settings.simulated_locations:
       imu[others] = simulate_others(trial, settings, positions)
       mask[:] = 1
@@ -238,7 +253,7 @@ def make_clip(task) -> conversion.ClipResult:
 def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
           splits=utd_mhad.SUBJECT_SPLITS, subjects=None, actions=None, window_s: float = 5.0,
           smoothing_s: float = SMOOTHING_S, trial_steps: int = 0, workers: int | None = None,
-          pose_skeleton: str = SKELETON,
+          pose_skeleton: str = SKELETON, text_source: str = "actions", text_len: int = 64,
           records_per_shard: int = 256, imu_locations=virtual_imu.SENSOR_LOCATIONS,
           log=print) -> conversion.Report:
   """Converts the trials of the chosen subjects and actions into out_dir (module docstring);
@@ -247,6 +262,10 @@ def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
     raise ValueError(f"trial_steps must be >= 0 (0: windows of window_s), got {trial_steps}")
   if pose_skeleton not in POSE_SKELETONS:
     raise ValueError(f"pose_skeleton {pose_skeleton!r} is not one of {POSE_SKELETONS}")
+  if text_source not in TEXT_SOURCES:
+    raise ValueError(f"text_source {text_source!r} is not one of {TEXT_SOURCES}")
+  if trial_steps and text_source != "actions":
+    raise ValueError("text_source 'motion' captions windows; trial_steps keeps whole trials")
   if trial_steps and pose_skeleton != SKELETON:
     raise ValueError(f"trial_steps keeps the raw Kinect skeleton; pose_skeleton "
                      f"{pose_skeleton!r} applies to windows only")
@@ -287,14 +306,16 @@ def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
       joint_names=skeletons.get_skeleton(pose_skeleton).joint_names,
       class_names=utd_mhad.ACTIONS,
       tokenizer=text.TOKENIZER_NAME, vocab_size=tokenizer.vocab_size,
-      pad_id=tokenizer.pad_token_id, skeleton=pose_skeleton, window_s=window_s, **timing,
+      pad_id=tokenizer.pad_token_id, skeleton=pose_skeleton, window_s=window_s,
+      text_len=text_len, **timing,
       pose_units=pose_units, video_features="none (UTD-MHAD has no video features)",
       source=("UTD-MHAD (Chen et al., ICIP 2015), data_prep/convert_utd_mhad.py: real Kinect "
               "skeleton; real IMU at right_wrist (a1-a21) / right_thigh (a22-a27), other "
               f"locations {'simulated, mask 1' if simulated_locations else 'zero, mask 0'}; "
-              f"{layout}"))
+              f"{layout}; text: {TEXT_SOURCES[text_source]}"))
+  text.check_lengths(tokenizer, utd_mhad.ACTIONS, text_len)
   ids, lens = text.tokenize(tokenizer, utd_mhad.ACTIONS, info.text_len)
-  settings = Settings(info, simulated_locations, smoothing_s, pose_skeleton)
+  settings = Settings(info, simulated_locations, smoothing_s, pose_skeleton, text_source)
   tasks = collections.defaultdict(list)
   for t in trials:
     tasks[owner[t.subject]].append((t, settings, ids[t.action - 1], int(lens[t.action - 1])))
@@ -303,7 +324,7 @@ def build(utd_mhad_dir: str, out_dir: str, *, simulated_locations: bool = True,
                      "subjects": sorted({t.subject for t in trials}),
                      "actions": sorted({t.action for t in trials}), "window_s": window_s,
                      "smoothing_s": smoothing_s, "trial_steps": trial_steps,
-                     "pose_skeleton": pose_skeleton,
+                     "pose_skeleton": pose_skeleton, "text": text_source,
                      "unpaired_files_skipped": len(unpaired)}
   return conversion.convert(out_dir, info, tasks, make_clip, workers=workers,
                             records_per_shard=records_per_shard, settings=report_settings,
@@ -331,6 +352,10 @@ def define_flags():
                        "resampled to this many steps (CMC-CMKM: 50); 0: windows of window_s.")
   flags.DEFINE_enum("pose_skeleton", SKELETON, POSE_SKELETONS, "Skeleton of the written pose: "
                     "Kinect's own 20 joints, or mapped to h36m17 (module docstring).")
+  flags.DEFINE_enum("text", "actions", list(TEXT_SOURCES), "Each trial's text: its action "
+                    "description, or a caption of its skeleton's movement.")
+  flags.DEFINE_integer("text_len", 64, "Token ids per text, [CLS] and [SEP] included (a "
+                       "longer text is an error, never cut).")
   flags.DEFINE_integer("workers", None, "Worker processes (default: all CPUs; 0: in-process).")
   flags.DEFINE_integer("records_per_shard", 256, "Records per TFRecord shard.")
 
@@ -343,8 +368,8 @@ def main(argv):
         subjects=[int(s) for s in FLAGS.subjects] if FLAGS.subjects else None,
         actions=[int(a) for a in FLAGS.actions] if FLAGS.actions else None,
         window_s=FLAGS.window_s, smoothing_s=FLAGS.smoothing_s, trial_steps=FLAGS.trial_steps,
-        workers=FLAGS.workers, pose_skeleton=FLAGS.pose_skeleton,
-        records_per_shard=FLAGS.records_per_shard)
+        workers=FLAGS.workers, pose_skeleton=FLAGS.pose_skeleton, text_source=FLAGS.text,
+        text_len=FLAGS.text_len, records_per_shard=FLAGS.records_per_shard)
 
 
 if __name__ == "__main__":

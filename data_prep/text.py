@@ -8,6 +8,8 @@ names with it); its names are re-exported here for the converters.
 
 from __future__ import annotations
 
+import functools
+
 from mujo_jax import tokenizer as tokenizer_lib
 
 TOKENIZER_NAME = tokenizer_lib.TOKENIZER_NAME
@@ -24,6 +26,18 @@ def check_lengths(tokenizer, texts, max_len: int) -> None:
     if n > max_len:
       raise ValueError(f"text {t!r} is {n} token ids, more than text_len {max_len}; raise "
                        f"text_len")
+
+@functools.cache
+def _process_tokenizer():
+  return load_tokenizer()
+
+
+def encode(texts, text_len: int):
+  """`check_lengths` then `tokenize`, with one tokenizer per process: for converters that
+  write a text per window from their worker processes (e.g. `motion_text` captions)."""
+  tokenizer = _process_tokenizer()
+  check_lengths(tokenizer, texts, text_len)
+  return tokenize(tokenizer, texts, text_len)
 
 # Several phrasings per MM-Fit exercise: the chapter-title-like first entry and
 # descriptions in the style of FiMAD's generated exercise descriptions.

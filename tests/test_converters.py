@@ -305,6 +305,24 @@ def test_utd_mhad_pose_on_h36m17(tmp_path):
     convert_utd_mhad.build(UTD_MHAD, str(tmp_path / "x"), pose_skeleton="smpl", **kw)
 
 
+@pytest.mark.skipif(not os.path.isdir(UTD_MHAD), reason=f"UTD-MHAD not found at {UTD_MHAD}")
+def test_utd_mhad_text_from_motion_reads_no_action_description(tmp_path):
+  kw = dict(subjects=(1,), actions=(1, 22), workers=0, pose_skeleton="h36m17", **QUIET)
+  convert_utd_mhad.build(UTD_MHAD, str(tmp_path / "m"), text_source="motion", text_len=32, **kw)
+  info, b = read_split(tmp_path / "m", "train")
+  tokenizer = text.load_tokenizer()
+  captions = [tokenizer.decode(ids[:n], skip_special_tokens=True)
+              for ids, n in zip(b["text_ids"], b["text_len"])]
+  assert info.text_len == 32 and "motion_text" in info.source and len(captions) == 8
+  descriptions = {d.lower() for d in utd_mhad.ACTIONS}
+  assert not descriptions & set(captions) and len(set(captions)) > 1
+  with pytest.raises(ValueError, match="text_source 'labels' is not one of"):
+    convert_utd_mhad.build(UTD_MHAD, str(tmp_path / "x"), text_source="labels", **kw)
+  with pytest.raises(ValueError, match="trial_steps keeps whole trials"):
+    convert_utd_mhad.build(UTD_MHAD, str(tmp_path / "x"), text_source="motion", trial_steps=50,
+                           subjects=(1,), actions=(1,), workers=0, **QUIET)
+
+
 def test_utd_mhad_splits_flag():
   assert convert_utd_mhad.parse_splits("train:1,3,5;val:7;test:2,4,6,8") == \
       {k: tuple(v) for k, v in utd_mhad.SUBJECT_SPLITS.items()}

@@ -336,6 +336,36 @@ def test_caption_file_replaces_phrasings(tmp_path):
   assert [c.decode() for c in val["clip_id"]] == ["dataset-1_bow_happy_001"]
 
 
+def test_text_from_motion_reads_no_label(tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  (src / "dataset-2_wave-right-hand_exhausted_001.bvh").write_text(bandai_bvh(90))  # at rest
+  (src / "dataset-2_walk_normal_002.bvh").write_text(bandai_bvh(400, _sway))
+  tokenizer = text.load_tokenizer()
+
+  def texts(source):
+    out = tmp_path / source
+    convert_mocap.build(str(src), str(out), workers=0, text_source=source, text_len=32, **QUIET)
+    info, train = read_split(out, "train")
+    assert json.loads((out / "conversion_report.json").read_text())["settings"]["text"] == source
+    assert info.text_len == 32 and source.split("+")[-1] in info.source
+    return {(c.decode(), int(w)): tokenizer.decode(ids[:n], skip_special_tokens=True)
+            for c, w, ids, n in zip(train["clip_id"], train["window_index"], train["text_ids"],
+                                    train["text_len"])}
+
+  motion = texts("motion")
+  labels = texts("labels")
+  rest = motion[("dataset-2_wave-right-hand_exhausted_001", 0)]
+  assert "still" in rest or "without moving" in rest       # at rest, whatever the label says
+  assert "wav" not in rest and "exhaust" not in rest
+  assert "wav" in labels[("dataset-2_wave-right-hand_exhausted_001", 0)]
+  both = texts("labels+motion")
+  assert set(both) == set(motion) and all(both[k] in (motion[k], labels[k]) for k in both)
+  assert {both[k] == motion[k] for k in both} == {True, False}   # some of each
+  with pytest.raises(ValueError, match="text_source must be one of"):
+    convert_mocap.build(str(src), str(tmp_path / "x"), text_source="captions", **QUIET)
+
+
 # ---------------------------------------------------------------------------------------------
 # The real archives
 
