@@ -26,8 +26,8 @@ from mujo_jax import storage
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY_MODEL = ["--config.model.depth=1", "--config.model.width=32", "--config.model.mlp_dim=64",
-              "--config.model.num_heads=2", "--config.batch_size=8", "--config.eval_batch_size=8",
-              "--config.data.num_workers=1"]
+              "--config.model.num_heads=2", "--config.model.embed_dim=32", "--config.batch_size=8",
+              "--config.eval_batch_size=8", "--config.data.num_workers=1"]
 
 # CI installs requirements-dev.txt: there a missing emulator is a failure, not a skip.
 pytestmark = pytest.mark.skipif(
@@ -77,7 +77,10 @@ def test_pretrain_in_the_bucket_resumes_after_a_kill_exports_and_evaluates(
   main = ["mujo_jax.main", "--config=configs/pretrain.py:demo",
           f"--config.data.dir={demo_in_bucket}", "--workdir=gs://bucket/run",
           "--config.total_steps=30", "--config.log_every=2", "--config.eval_every=30",
-          "--config.checkpoint_every=4"] + TINY_MODEL
+          "--config.checkpoint_every=4",
+          # A local XLA cache: the rerun after the kill loads its programs instead of
+          # compiling them again.
+          f"--config.compilation_cache_dir={tmp_path / 'xla_cache'}"] + TINY_MODEL
   proc = subprocess.Popen([sys.executable, "-m"] + main, cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:

@@ -4,7 +4,8 @@ One module-scoped scenario, since every launch compiles: a 1-process x 8-device
 reference run, then the same job as 2 processes x 4 devices that is killed
 (SIGKILL) after a checkpoint, rerun (resumes), preempted (SIGTERM to process 1
 alone), and rerun to the end. The 2-process run must give the reference's loss
-curve, eval metrics and final parameters.
+curve, eval metrics and final parameters. The 2-process launches share one XLA
+compilation cache, so the reruns load their programs instead of compiling them.
 """
 
 import json
@@ -19,14 +20,17 @@ import time
 import numpy as np
 import pytest
 
-from data_prep import make_demo
 from mujo_jax import checkpoint
 from mujo_jax import metric_writer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-STEPS = 16
+# Few steps: a 2-process step waits on cross-process collectives, so each one is slow on CPU.
+# Every step logged: a row then holds one step's loss wherever a preemption stopped the run.
+STEPS = 10
+CHECKPOINT_EVERY = 2
 JOB = ["--config=configs/pretrain.py:demo", f"--config.total_steps={STEPS}",
-       "--config.log_every=2", f"--config.eval_every={STEPS}", "--config.checkpoint_every=4",
+       "--config.log_every=1", f"--config.eval_every={STEPS}",
+       f"--config.checkpoint_every={CHECKPOINT_EVERY}",
        "--config.batch_size=16", "--config.eval_batch_size=16", "--config.data.num_workers=1",
        "--config.model.depth=1", "--config.model.width=32", "--config.model.mlp_dim=64",
        "--config.model.num_heads=2", "--config.model.embed_dim=32",
@@ -54,7 +58,7 @@ def _free_port() -> int:
 class Job:
   """One launch: `processes` copies of the main command, each with its own log file."""
 
-  def __init__(self, data_dir, workdir, logs, processes, devices):
+  def __init__(self, data_dir, workdir, logs, processes, devices, cache_dir=None):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     port = _free_port()
@@ -63,6 +67,8 @@ class Job:
     for i in range(processes):
       cmd = [sys.executable, "-m", "mujo_jax.main", *JOB, f"--config.data.dir={data_dir}",
              f"--workdir={workdir}"]
+      if cache_dir:
+        cmd.append(f"--config.compilation_cache_dir={cache_dir}")
       if processes > 1:
         cmd += ["--jax_distributed", f"--coordinator_address=127.0.0.1:{port}",
                 f"--num_processes={processes}", f"--process_id={i}"]
@@ -108,12 +114,10 @@ def _validation_line(log: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(demo_dir, tmp_path_factory):
   base = tmp_path_factory.mktemp("multiprocess")
-  data = base / "demo"
-  make_demo.build(str(data), seed=0, clips_per_exercise=3, val_fraction=0.34,
-                  clip_seconds=(10.0, 16.0), workers=2, records_per_shard=16,
-                  log=lambda *_: None)
+  data = demo_dir
+  cache = base / "xla_cache"   # 2 x 4 programs only: the reference's mesh is another
   logs = base / "logs"
   logs.mkdir()
   timings = {}
@@ -125,14 +129,14 @@ def runs(tmp_path_factory):
 
   two = base / "two"
   start = time.monotonic()
-  killed = Job(data, two, logs, processes=2, devices=4)
+  killed = Job(data, two, logs, processes=2, devices=4, cache_dir=cache)
   killed.wait_for(lambda: _checkpoints(two), "the first checkpoint")
   killed.kill(signal.SIGKILL)
   killed_at = _checkpoints(two)[-1]
   timings["2x4, until SIGKILL"] = time.monotonic() - start
 
   start = time.monotonic()
-  preempted = Job(data, two, logs, processes=2, devices=4)
+  preempted = Job(data, two, logs, processes=2, devices=4, cache_dir=cache)
   preempted.wait_for(lambda: re.search(r"step \d+/", preempted.log(1)) is not None,
                      "process 1's first progress line after resuming")
   preempted.procs[1].send_signal(signal.SIGTERM)
@@ -140,7 +144,7 @@ def runs(tmp_path_factory):
   timings["2x4, resumed until SIGTERM"] = time.monotonic() - start
 
   start = time.monotonic()
-  final = Job(data, two, logs, processes=2, devices=4)
+  final = Job(data, two, logs, processes=2, devices=4, cache_dir=cache)
   final_codes = final.wait()
   timings["2x4, resumed to the end"] = time.monotonic() - start
   print("multi-process test launches (s):", json.dumps({k: round(v) for k, v in timings.items()}))
@@ -150,7 +154,7 @@ def runs(tmp_path_factory):
 
 def test_processes_resume_after_a_kill(runs):
   killed_at = runs["killed_at"]
-  assert 4 <= killed_at < STEPS
+  assert CHECKPOINT_EVERY <= killed_at < STEPS
   for i in range(2):
     assert f"resuming from the checkpoint of step {killed_at}" in runs["preempted"].log(i)
 
@@ -170,7 +174,7 @@ def test_two_processes_train_exactly_like_one(runs):
   one = {r["step"]: r for r in metric_writer.read_metrics(str(runs["base"] / "one"))
          if "loss" in r}
   two = [r for r in metric_writer.read_metrics(str(runs["base"] / "two")) if "loss" in r]
-  assert {r["step"] for r in two} == set(one) == set(range(2, STEPS + 1, 2))
+  assert {r["step"] for r in two} == set(one) == set(range(1, STEPS + 1))
   for row in two:   # every logged step, also those logged again after the kill
     for key in [k for k in one[row["step"]] if k.startswith("loss")]:
       assert row[key] == pytest.approx(one[row["step"]][key], rel=1e-5, abs=1e-6), (row["step"], key)

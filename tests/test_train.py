@@ -50,11 +50,14 @@ def _params_close(a, b):
 
 def test_resume_gives_the_same_parameters_as_a_straight_run(demo_dir, tmp_path):
   """Stop at step 10, rerun: the parameters of a straight run, with fsdp-sharded state
-  (data 2 x fsdp 4) restored into its sharding and device prefetch ahead of the step."""
-  config = lambda: tiny_config(demo_dir, mesh={"data": 2, "fsdp": 4})
-  straight = train.Trainer(config(), str(tmp_path / "a")).train()
-  train.Trainer(config(), str(tmp_path / "b")).train(stop_at_step=10)
-  resumed = train.Trainer(config(), str(tmp_path / "b")).train()
+  (data 2 x fsdp 4) restored into its sharding and device prefetch ahead of the step.
+  One trainer, so its steps compile once: each train() call builds its pipeline and
+  reads the workdir."""
+  trainer = train.Trainer(tiny_config(demo_dir, mesh={"data": 2, "fsdp": 4}), str(tmp_path / "a"))
+  straight = trainer.train()
+  trainer.workdir = str(tmp_path / "b")
+  trainer.train(stop_at_step=10)
+  resumed = trainer.train()
   assert int(resumed.step) == int(straight.step) == 20
   _params_close(straight.params, resumed.params)
   rows = metric_writer.read_metrics(str(tmp_path / "b"))
