@@ -14,7 +14,11 @@ Arguments after the colon (comma-separated, big_vision style):
                 label-free for UTD-MHAD evaluation (README, "Pretraining that transfers"):
                 mocap (data/mocap32: Bandai Namco + HDM05 with templated text), demo
                 (data/demo32), utd (data/utd_mhad_h36m: training subjects' IMU and pose, no
-                text); text tower the frozen pretrained all-MiniLM-L6-v2, text_len 32
+                text); with text from the movement itself (data_prep/motion_text.py, no
+                label read): mocap-motion (data/mocap32_motion, convert_mocap
+                --text=labels+motion) and utd-motion (data/utd_mhad_h36m_motion,
+                convert_utd_mhad --text=motion); text tower the frozen pretrained
+                all-MiniLM-L6-v2, text_len 32
   batch=N       global batch size
   steps=N       total training steps
   strategy=S    multitask strategy: all_pairs | random_pair | round_robin | imu_anchored
@@ -180,6 +184,12 @@ MIX_SOURCES = {
     "mocap": ("data/mocap32", ("imu", "pose", "text")),
     "demo": ("data/demo32", ("imu", "pose", "text")),
     "utd": ("data/utd_mhad_h36m", ("imu", "pose")),
+    # Text from the movement itself (data_prep/motion_text.py), never from a label:
+    # mocap windows alternate label templates and movement captions (convert_mocap
+    # --text=labels+motion); UTD-MHAD's training subjects get movement captions only
+    # (convert_utd_mhad --text=motion), not their action text.
+    "mocap-motion": ("data/mocap32_motion", ("imu", "pose", "text")),
+    "utd-motion": ("data/utd_mhad_h36m_motion", ("imu", "pose", "text")),
 }
 
 

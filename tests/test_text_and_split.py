@@ -75,3 +75,7 @@ def test_mix_config_reads_label_free_utd_and_freezes_the_pretrained_text_tower()
   assert tuple(config.model.frozen_towers) == ("text",)
   with pytest.raises(ValueError, match=r"unknown sources \['kit'\]"):
     pretrain.get_config("mix=mocap+kit")
+  # Text from movement captions: UTD-MHAD's training subjects then bring text too.
+  config = pretrain.get_config("mix=mocap-motion+demo+utd-motion")
+  assert [m for _, _, m in config.data.mixture] == [("imu", "pose", "text")] * 3
+  assert config.data.dir == "data/mocap32_motion"
