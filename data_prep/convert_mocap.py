@@ -302,12 +302,10 @@ def placement(clip_id: str, jitter: float, locations) -> dict[str, float] | None
   """Per location: the default fraction along its segment + U[-jitter, jitter], from clip_id."""
   if not jitter:
     return None
-  skel = skeletons.get_skeleton(SKELETON)
   rng = np.random.default_rng(_unit_hash("placement", clip_id))
   offsets = rng.uniform(-jitter, jitter, len(locations))
-  # pylint: disable-next=protected-access
-  default = [virtual_imu._resolve(virtual_imu._LOCATIONS[loc], skel).site[2] for loc in locations]
-  return {loc: float(np.clip(d + o, 0.0, 1.0)) for loc, d, o in zip(locations, default, offsets)}
+  default = virtual_imu.default_placement(locations, SKELETON)
+  return {loc: float(np.clip(default[loc] + o, 0.0, 1.0)) for loc, o in zip(locations, offsets)}
 
 
 def make_clip(task) -> conversion.ClipResult:

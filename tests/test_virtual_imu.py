@@ -92,6 +92,14 @@ def test_placement_moves_the_sensor_along_its_segment():
   # Same segment, same frame: the gyroscope does not move with the sensor.
   np.testing.assert_array_equal(moved[..., 3:], default[..., 3:])
   assert not np.allclose(moved[..., :3], default[..., :3], atol=0.05)
+  # The default placement is what simulate_imu uses when none is given.
+  base = virtual_imu.default_placement(("left_forearm",))
+  np.testing.assert_array_equal(simulate_imu(pos, fps=100, locations=("left_forearm",),
+                                             placement=base), default)
+  assert base["left_forearm"] != fraction
+  assert set(virtual_imu.default_placement()) == set(virtual_imu.SENSOR_LOCATIONS)
+  with pytest.raises(ValueError, match=r"unknown sensor locations \['left_ear'\]"):
+    virtual_imu.default_placement(("left_ear",))
 
 
 @pytest.mark.parametrize("placement, pattern", [

@@ -319,6 +319,18 @@ def _resolve(loc: TorsoLocation | LimbLocation, skel: skeletons.Skeleton) -> _Pl
                    f"{skel.name!r} lacks")
 
 
+def default_placement(locations: Sequence[str] | None = None,
+                      skeleton: str | skeletons.Skeleton = "h36m17") -> dict[str, float]:
+  """Location -> the fraction along its segment (proximal -> distal) where `simulate_imu` puts
+  the sensor by default on this skeleton: the base that a `placement` jitters around."""
+  skel = skeleton if isinstance(skeleton, skeletons.Skeleton) else skeletons.get_skeleton(skeleton)
+  names = SENSOR_LOCATIONS if locations is None else tuple(locations)
+  unknown = [n for n in names if n not in _LOCATIONS]
+  if unknown:
+    raise ValueError(f"unknown sensor locations {unknown}; known: {list(SENSOR_LOCATIONS)}")
+  return {n: float(_resolve(_LOCATIONS[n], skel).site[2]) for n in names}
+
+
 def _place(plan: list[_Plan], placement: Mapping[str, float] | None) -> list[_Plan]:
   """The plans with each sensor in `placement` moved to its fraction along the segment."""
   placement = dict(placement or {})
