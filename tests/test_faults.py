@@ -36,7 +36,9 @@ TINY = ["--config.model.depth=1", "--config.model.width=32", "--config.model.mlp
         f"--config.checkpoint_every={CHECKPOINT_EVERY}", "--config.log_every=1",
         "--config.eval_every=0", "--config.data.num_workers=1",
         "--config.data.build_demo_if_missing=False"]
-ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+# The jobs' programs are compiled without XLA's backend (LLVM) optimisations: they run a few
+# steps of a tiny model, so compiling is most of their time. Every run here compiles alike.
+ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
 TMP_SUFFIX = ".orbax-checkpoint-tmp"   # what Orbax names a checkpoint until it is complete
 
 

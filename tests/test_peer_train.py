@@ -21,6 +21,21 @@ from tests.conftest import tiny_example
 from tests.conftest import tiny_info
 
 CLASSES = ("a", "b", "c")
+# Small CMC-CMKM encoders and projection head: the same modules and code paths as the paper's
+# sizes at a fraction of their step time and memory. Every stage of one run must build them
+# alike: init_from and CMKM's mining load encoders from earlier stages' checkpoints. The skeleton
+# encoder keeps 32 channels after conv2: they become the height of its co-occurrence images,
+# which conv3 to conv6 and their pools shrink to 1.
+SMALL_ENCODERS = {"imu": {"num_layers": 1, "mlp_dim": 64, "out_channels": (8, 16, 32)},
+                  "pose": {"out_channels": (8, 32, 8, 8, 16, 32)}}
+SMALL_PROJECTION = (32, 16)
+
+
+def small_model(config):
+  """Sets config.model (of one stage) to the small encoders and projection head."""
+  config.model.encoder_kwargs = SMALL_ENCODERS
+  config.model.projection = SMALL_PROJECTION
+  return config
 
 
 def write_trials(out_dir, per_split=(24, 8, 8), seed=0):
@@ -43,6 +58,17 @@ def write_trials(out_dir, per_split=(24, 8, 8), seed=0):
   return writer.finish()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def quick_compiles():
+  """This module's programs compiled without XLA's backend (LLVM) optimisations: these tests
+  spend their time compiling steps they run once or twice, not running them. What they compare
+  is compiled alike on both sides; the setting is restored for the modules after this one."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory):
   out = tmp_path_factory.mktemp("trials")
@@ -60,7 +86,7 @@ def stage_config(objective, data_dir, modalities=("imu", "pose"), **fields):
   c.rng_impl = "threefry2x32"   # partitionable: the same draws whatever the mesh
   if objective == "supervised":
     c.model.num_classes = len(CLASSES)
-  return c
+  return small_model(c)
 
 
 def batch_of(config, n=16):
@@ -147,14 +173,17 @@ def test_linear_evaluation_freezes_the_encoders_and_finetuning_starts_from_them(
                        eval_batch_size=8, rng_impl="threefry2x32"))
     config.data.dir = trials
     config.model.num_classes = len(CLASSES)
-    trainer = peer_train.PeerTrainer(config, None)
+    small_model(config)
+    workdir = str(tmp_path / kind)
+    preflight.prepare_workdir(config, workdir)
+    trainer = peer_train.PeerTrainer(config, workdir)   # one trainer: its start, then its run
     start = jax.device_get(trainer.init_state())
     jax.tree.map(np.testing.assert_array_equal, start.params["imu"]["encoder"],
                  source["params"]["imu"]["encoder"])
     jax.tree.map(np.testing.assert_array_equal, start.batch_stats["imu"]["encoder"],
                  source["batch_stats"]["imu"]["encoder"])
-    end = jax.device_get(trained(config, str(tmp_path / kind)) and
-                         peer_train.checkpoint.load_state(str(tmp_path / kind))[1])
+    trainer.train()
+    end = jax.device_get(peer_train.checkpoint.load_state(workdir)[1])
     same = jax.tree.leaves(jax.tree.map(np.array_equal, end["params"]["imu"]["encoder"],
                                         start.params["imu"]["encoder"]))
     stats_same = jax.tree.leaves(jax.tree.map(
@@ -187,7 +216,8 @@ def test_plateau_schedule_is_pytorchs_and_halves_the_updates_and_early_stopping_
     sched.step(a)
     want.append(opt.param_groups[0]["lr"])
   trainer = peer_train.PeerTrainer(config, None)
-  state = trainer.init_state()
+  initial = jax.device_get(trainer.init_state())   # a host copy: the steps below donate theirs
+  state = jax.device_put(initial, trainer.state_sharding)
   got, finished = [], []
   for a, loss in zip(accuracies, losses):
     metrics = {"val/accuracy": a, "val/loss": loss}
@@ -200,8 +230,8 @@ def test_plateau_schedule_is_pytorchs_and_halves_the_updates_and_early_stopping_
   # The scale reaches the update: from the same start, the step at x0.25 moves every
   # parameter a quarter as far as the step at x1 (Adam's first step is lr * sign(g)).
   batch = input_pipeline.to_global_batch(batch_of(config), trainer.mesh, trainer.data_axes)
-  full_state = trainer.init_state()   # scale 1; one compiled step serves both
-  start = jax.device_get(full_state.params)
+  full_state = jax.device_put(initial, trainer.state_sharding)   # scale 1; one step serves both
+  start = initial.params
   full, _ = trainer.compiled_step(trainer.pairs_for_step(0))(full_state, batch)
   scaled, _ = trainer.compiled_step(trainer.pairs_for_step(0))(
       state.replace(params=jax.device_put(start, trainer.state_sharding.params)), batch)
@@ -240,6 +270,7 @@ def test_a_table_row_runs_its_stages_resumes_and_reports_the_paper_figure(trials
   config.data.dir = trials
   for stage in config.stages.values():
     stage.eval_batch_size = 8
+    small_model(stage)
   workdir = str(tmp_path / "row")
   summary = peers.run(config, workdir)
   assert [r["evaluation"] for r in summary["rows"]] == ["linear_mm", "linear_imu"]
