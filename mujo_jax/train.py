@@ -273,13 +273,19 @@ class Trainer:
     """A fresh state; pretrained towers (e.g. towers.text.architecture = "minilm") get
     their checkpoint's weights, placed by the same shardings (every process reads the file)."""
     rng = jax.random.key(self.config.seed)
-    state = jax.jit(self._init, out_shardings=self.state_sharding)(rng)
+    state = self._compiled_init(rng)
     params = model_lib.load_pretrained(state.params, self.model_config)
     params = jax.tree.map(
         lambda x, sharding: x if isinstance(x, jax.Array) else jax.make_array_from_callback(
             x.shape, sharding, lambda index, x=x: x[index]),
         params, self.state_sharding.params)
     return state.replace(params=params)
+
+  @functools.cached_property
+  def _compiled_init(self):
+    """The jitted init, built once: a trainer that inits twice (a second `train()` without a
+    checkpoint, an explicit `init_state()` first) compiles it once."""
+    return jax.jit(self._init, out_shardings=self.state_sharding)
 
   def abstract_state(self):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
