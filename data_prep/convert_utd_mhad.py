@@ -78,6 +78,7 @@ from data_prep import motion_text
 from data_prep import text
 from mujo_jax import console
 from mujo_jax import records
+from mujo_jax.downstream import utd_mhad as utd_mhad_windows
 from mujo_jax.sim import skeletons
 from mujo_jax.sim import virtual_imu
 from mujo_jax.sources import geometry
@@ -231,7 +232,7 @@ def make_clip(task) -> conversion.ClipResult:
     imu[real_index] = real
     if settings.text == "motion":
       caption = motion_text.describe(kinect_to_h36m17(positions), info.imu_rate_hz,
-                                     seed=trial.action * 10000 + trial.subject * 100 + trial.trial)
+                                     seed=utd_mhad_windows.trial_id(trial))
       ids, lens = text.encode([caption], info.text_len)
       text_ids, text_len = ids[0], int(lens[0])
     if settings.simulated_locations:

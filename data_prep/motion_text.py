@@ -114,32 +114,37 @@ def _longest_run(flags: np.ndarray) -> slice:
   return best
 
 
+def _principal(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """x [T, 3] -> (x centred, principal axes vt [3, 3] as rows, projection [T, 2] on the first
+  two)."""
+  centred = x - x.mean(axis=0)
+  _, _, vt = np.linalg.svd(centred, full_matrices=False)
+  return centred, vt, centred @ vt[:2].T
+
+
 def _hand(side: str, local: np.ndarray, rate_hz: float, head_z: float, shoulder_z: float,
           elbow_deg: np.ndarray) -> Hand:
   """Measures one wrist trajectory [T, 3] (body frame, relative to the pelvis).
 
   A gesture is mostly made with the hand raised: lifting it from the side and dropping it
   back would otherwise be the largest movement of nearly every gesture. When the hand rests
-  low and rises (> 0.25 m), the stroke is measured over the longest stretch with the hand up, if the hand
-  moves there (> 0.15 m); else over the whole window.
+  low and rises (> 0.25 m), the stroke is measured over the longest stretch with the hand up,
+  if the hand moves there (> 0.15 m); else over the whole window.
   """
-  part, raised = local, False
+  raised = None
   z = local[:, 2]
   speed = np.linalg.norm(np.gradient(local, axis=0), axis=-1) * rate_hz
   low = z < np.percentile(z, 5) + 0.3 * _range(z)
   if _range(z) > 0.25 and np.median(speed[low]) < 0.1:     # rests low, rises, comes back
     run = _longest_run(z > np.percentile(z, 5) + 0.6 * _range(z))
     if run.stop - run.start >= 0.4 * rate_hz:
-      up = local[run]
-      if _range((up - up.mean(axis=0)) @ np.linalg.svd(up - up.mean(axis=0),
-                                                       full_matrices=False)[2][0]) > 0.15:
-        part, raised = up, True
-  centred = part - part.mean(axis=0)
-  _, _, vt = np.linalg.svd(centred, full_matrices=False)
-  proj = centred @ vt[:2].T                                 # [T, 2] in the principal plane
+      up = _principal(local[run])
+      if _range(up[2][:, 0]) > 0.15:
+        raised = up
+  part = local if raised is None else local[run]
+  centred, vt, proj = _principal(local) if raised is None else raised
   extent, second = _range(proj[:, 0]), _range(proj[:, 1])
-  v1 = vt[0]
-  axis = ("right", "forward", "up")[int(np.argmax(np.abs(v1)))]
+  axis = ("right", "forward", "up")[int(np.argmax(np.abs(vt[0])))]
   k = ("right", "forward", "up").index(axis)
   velocity = np.gradient(part[:, k]) * rate_hz
   stroke = int(np.sign(velocity[np.argmax(np.abs(velocity))]) or 1)
@@ -159,7 +164,7 @@ def _hand(side: str, local: np.ndarray, rate_hz: float, head_z: float, shoulder_
             "at shoulder height" if top > shoulder_z - 0.1 else "")
   return Hand(side=side, extent=extent, axis=axis, stroke=stroke, circles=circles,
               repeats=max(len(peaks), len(troughs)), height=height,
-              elbow_range_deg=_range(elbow_deg), raised=raised)
+              elbow_range_deg=_range(elbow_deg), raised=raised is not None)
 
 
 def _elbow_angle(p: np.ndarray, side: str) -> np.ndarray:
@@ -199,11 +204,9 @@ def measure(positions: np.ndarray, rate_hz: float) -> Motion:
   yaw = _yaw(p)
   turn = float(np.degrees(yaw[-fifth:].mean() - yaw[:fifth].mean()))
 
-  lifts = 0
-  for side in ("left", "right"):
-    ankle = p[:, _J[f"{side}_ankle"], 2] - floor
-    peaks, _ = signal.find_peaks(ankle, prominence=0.05, distance=max(1, int(0.15 * rate_hz)))
-    lifts += len(peaks)
+  lifted = {side: p[:, _J[f"{side}_ankle"], 2] - floor for side in ("left", "right")}
+  lifts = sum(len(signal.find_peaks(h, prominence=0.05, distance=max(1, int(0.15 * rate_hz)))[0])
+              for h in lifted.values())
   cadence = lifts / max(seconds, 1e-9)
 
   trunk = p[:, _J["thorax"]] - pelvis
@@ -218,8 +221,7 @@ def measure(positions: np.ndarray, rate_hz: float) -> Motion:
     lunge = "left" if ahead[np.argmax(np.abs(ahead))] > 0 else "right"
   kick = ""
   for side in ("left", "right"):
-    lifted = p[:, _J[f"{side}_ankle"], 2] - floor
-    if lifted.max() > 0.5 * leg and ankles[side][:, 1].max() > 0.3 * leg and not kick:
+    if lifted[side].max() > 0.5 * leg and ankles[side][:, 1].max() > 0.3 * leg and not kick:
       kick = side
 
   head_z = float(np.median((p[:, _J["head"]] - pelvis) @ frame[2]))
@@ -286,11 +288,7 @@ def _legs_clause(m: Motion, rng: np.random.Generator) -> str:
   return ""
 
 
-_AXIS_WORDS = {
-    ("right", 1): ("to the right", "rightwards"), ("right", -1): ("to the left", "leftwards"),
-    ("forward", 1): ("forward", "out in front"), ("forward", -1): ("back", "backwards"),
-    ("up", 1): ("up", "upwards"), ("up", -1): ("down", "downwards"),
-}
+_SIDEWAYS = {1: ("to the right", "rightwards"), -1: ("to the left", "leftwards")}
 
 
 def _arms_clause(m: Motion, rng: np.random.Generator) -> str:
@@ -313,14 +311,14 @@ def _arms_clause(m: Motion, rng: np.random.Generator) -> str:
                        f"draws a {turning} circle with {hand}",
                        f"circles {arm} {turning}"))
   if h.extent < 0.15 and h.elbow_range_deg > 60:
-    return _pick(rng, (f"bends and straightens {'both elbows' if both else 'the ' + h.side + ' elbow'}",
-                       f"curls {arm}"))
+    elbows = "both elbows" if both else f"the {h.side} elbow"
+    return _pick(rng, (f"bends and straightens {elbows}", f"curls {arm}"))
   repeated = h.repeats >= 2
   if h.axis == "right":
     if repeated:
       return _pick(rng, (f"waves {hand} from side to side{where}",
                          f"sweeps {arm} left and right{where}"))
-    words = _AXIS_WORDS[("right", h.stroke)]
+    words = _SIDEWAYS[h.stroke]
     return _pick(rng, (f"swings {arm} {words[0]}", f"swipes {hand} {words[0]}",
                        f"moves {hand} {words[1]}{where}"))
   if h.axis == "forward":

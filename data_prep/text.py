@@ -27,6 +27,7 @@ def check_lengths(tokenizer, texts, max_len: int) -> None:
       raise ValueError(f"text {t!r} is {n} token ids, more than text_len {max_len}; raise "
                        f"text_len")
 
+
 @functools.cache
 def _process_tokenizer():
   return load_tokenizer()
@@ -38,6 +39,7 @@ def encode(texts, text_len: int):
   tokenizer = _process_tokenizer()
   check_lengths(tokenizer, texts, text_len)
   return tokenize(tokenizer, texts, text_len)
+
 
 # Several phrasings per MM-Fit exercise: the chapter-title-like first entry and
 # descriptions in the style of FiMAD's generated exercise descriptions.
