@@ -152,9 +152,16 @@ def test_squat_and_walk():
 def test_clap():
   assert motion_text.measure(clap(), RATE).hands_meet >= 5
   assert all("clap" in c or "together" in c for c in captions(clap()))
-  # Both hands moving the same way (not towards each other) is no clap, however close.
-  p = clap()
-  p[:, J["left_wrist"], 0] = p[:, J["right_wrist"], 0] - 0.05
+  # Alternating punches from a guard bring the hands close again and again, but not towards
+  # each other (both sway sideways together): no clap.
+  p = standing()
+  sway = 0.02 * np.sin(2 * np.pi * 0.5 * t)
+  punch = 0.25 * np.sin(2 * np.pi * 1.2 * t)
+  for side, sign in (("right", 1), ("left", -1)):
+    p[:, J[f"{side}_wrist"]] = np.stack([sign * 0.04 + sway, 0.2 + np.maximum(sign * punch, 0),
+                                         np.full(T, 1.3)], -1)
+  gap = np.linalg.norm(p[:, J["left_wrist"]] - p[:, J["right_wrist"]], axis=-1)
+  assert gap.min() < 0.1 and gap.max() > 0.25                 # close, then apart, repeatedly
   assert motion_text.measure(p, RATE).hands_meet == 0
 
 
